@@ -165,7 +165,7 @@ def find_java(min_feature: int, env: dict[str, str] | None = None) -> JavaRuntim
     for var in ("LTRR_JAVA_HOME", "JAVA_HOME"):
         if env.get(var):
             candidates.append(Path(env[var]) / "bin" / "java")
-    on_path = shutil.which("java")
+    on_path = shutil.which("java", path=env.get("PATH"))
     if on_path:
         candidates.append(Path(on_path).resolve())
     if not candidates:
@@ -404,7 +404,7 @@ class LocalNode:
     second ``ltrr`` process (or a test run) sees the same node."""
 
     def __init__(self, *, port: int = 9200, heap_mb: int = 1024, version: str = DEFAULT_VERSION,
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, node_dir: Path | None = None) -> None:
         if not 1 <= port <= 65535:
             raise NodeError(f"port {port} is out of range")
         if heap_mb < 256:
@@ -413,7 +413,9 @@ class LocalNode:
         self.heap_mb = heap_mb
         self.version = version
         self.root = root or ltrr_home()
-        self.node_dir = self.root / "node"
+        # The distribution is shared under root; node_dir (data, logs, state) may live elsewhere,
+        # e.g. a throwaway node for a test session.
+        self.node_dir = node_dir or self.root / "node"
         self.state_file = self.node_dir / "node.json"
 
     # ---- paths ---------------------------------------------------------------------------

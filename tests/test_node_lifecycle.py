@@ -1,0 +1,128 @@
+"""The local node's failure modes give clear errors (these run real processes, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import ConfigError, ConnectionSettings, ltrr_home
+from orchestrator.node import DEFAULT_VERSION, LocalNode, NodeError, find_java, maven_fetch
+
+
+def test_connection_settings_defaults_and_validation(tmp_path):
+    s = ConnectionSettings.from_env({})
+    assert s.url == "http://127.0.0.1:9200" and s.is_local and s.port == 9200
+    remote = ConnectionSettings.from_env({"OPENSEARCH_URL": "https://search.example.com:9243",
+                                          "OPENSEARCH_USER": "u", "OPENSEARCH_PASSWORD": "s3cret-pw"})
+    assert not remote.is_local and remote.use_ssl and remote.port == 9243
+    assert "s3cret-pw" not in repr(remote)  # the password never shows in logs
+    with pytest.raises(ConfigError, match="OPENSEARCH_URL"):
+        ConnectionSettings.from_env({"OPENSEARCH_URL": "localhost:9200"})
+    with pytest.raises(ConfigError, match="both"):
+        ConnectionSettings.from_env({"OPENSEARCH_USER": "u"})
+    with pytest.raises(ConfigError, match="boolean"):
+        ConnectionSettings.from_env({"OPENSEARCH_VERIFY_CERTS": "maybe"})
+    with pytest.raises(ConfigError, match="CA_CERTS"):
+        ConnectionSettings.from_env({"OPENSEARCH_CA_CERTS": str(tmp_path / "missing.pem")})
+    assert ltrr_home({"LTRR_HOME": str(tmp_path)}) == tmp_path.resolve()
+
+
+def test_missing_java_is_a_clear_error(tmp_path):
+    with pytest.raises(NodeError, match="Java not found.*JDK 17"):
+        find_java(17, env={"PATH": str(tmp_path)})
+    with pytest.raises(NodeError, match="missing"):
+        find_java(17, env={"PATH": str(tmp_path), "JAVA_HOME": str(tmp_path / "nojdk")})
+
+
+def _java_on_path() -> bool:
+    import shutil
+
+    return shutil.which("java") is not None
+
+
+def test_java_too_old_names_the_requirement():
+    if not _java_on_path():
+        pytest.skip("no java here")
+    with pytest.raises(NodeError, match="Java 99 or newer"):
+        find_java(99)
+
+
+def test_missing_maven_artifact_names_it(tmp_path):
+    import shutil
+
+    if not shutil.which("mvn"):
+        pytest.skip("no mvn here")
+    with pytest.raises(NodeError) as e:
+        maven_fetch("org.opensearch.plugin:ltrr-no-such-artifact:0.0.1:zip", tmp_path)
+    assert "ltrr-no-such-artifact" in str(e.value) and "mirror" in str(e.value)
+
+
+def test_port_in_use_is_refused(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        node = LocalNode(port=port, root=tmp_path)
+        with pytest.raises(NodeError, match="already in use"):
+            node.start(timeout_s=5)
+
+
+def test_stale_pid_file_is_cleared(tmp_path):
+    node = LocalNode(port=1, root=tmp_path)
+    node.node_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    node.state_file.write_text(json.dumps({"pid": dead.pid, "port": 1}))
+    assert node.running_pid() is None
+    assert not node.state_file.exists()
+    assert node.stop() is False
+
+
+def test_node_dying_during_start_is_reported(tmp_path):
+    """A distribution whose launcher cannot run: start must fail with the log, never succeed."""
+    if not _java_on_path():
+        pytest.skip("no java here")
+    home = tmp_path / "opensearch" / DEFAULT_VERSION
+    (home / "lib").mkdir(parents=True)
+    (home / "launcher").mkdir()
+    (home / "config").mkdir()
+    (home / "config" / "log4j2.properties").write_text("")
+    (home / ".ltrr-installed.json").write_text(json.dumps({"plugins": [], "missing_optional": {}}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = LocalNode(port=port, root=tmp_path)
+    with pytest.raises(NodeError, match="exited during start"):
+        node.start(timeout_s=60)
+    assert node.running_pid() is None
+
+
+def test_cli_refuses_local_node_for_remote_url():
+    env = dict(os.environ, OPENSEARCH_URL="https://search.example.com:9243")
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "node", "start"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "never starts a local node" in proc.stderr.replace("\n", " ")
+
+
+def test_start_twice_says_already_running(opensearch_url, tmp_path):
+    """With the session's node up, a second start on the same state reports it and starts nothing."""
+    from orchestrator.config import ConnectionSettings
+
+    settings = ConnectionSettings(url=opensearch_url)
+    if not settings.is_local:
+        pytest.skip("the test cluster is not a local node")
+    candidates = [LocalNode(port=settings.port)]
+    running = [n for n in candidates if n.running_pid()]
+    if not running:
+        pytest.skip("the session's node is not managed from the default LTRR_HOME state")
+    from orchestrator.node import NodeAlreadyRunning
+
+    with pytest.raises(NodeAlreadyRunning, match="already running"):
+        running[0].start(timeout_s=5)
