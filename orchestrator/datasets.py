@@ -533,8 +533,8 @@ class Dataset:
                 reason = f"title must be a string, got {_tname(title)}"
             elif not isinstance(body, str):
                 reason = f"text must be a string, got {_tname(body)}"
-            elif not title.strip() and not body.strip():
-                reason = "row has neither title nor text"
+            # an empty title and text is allowed: real collections have empty records that
+            # qrels still reference (e.g. Cranfield doc 995)
             fields: dict[str, object] = {}
             if reason is None:
                 for k, v in obj.items():

@@ -68,7 +68,6 @@ BAD_CASES = [
     (_j(_id=["a"], title="t", text="t"), "_id must be a string"),
     (_j(_id="x1", title=5, text="t"), "title must be a string"),
     (_j(_id="x2", title="t", text=["a"]), "text must be a string"),
-    (_j(_id="x3", title="", text=""), "neither title nor text"),
     (_j(_id="x4", title="t", genre=7), "field 'genre' must be a string or a list of strings"),
     (_j(_id="x5", title="t", artist=["a", 3]), "field 'artist'[1] must be a string"),
     (_j(_id="x6", title="t", entity_type={"k": 1}), "field 'entity_type' must be a string"),
@@ -123,15 +122,17 @@ def test_all_bad_kinds_together_nothing_dropped(tmp_path: Path):
 
 def test_good_row_typed_and_fields_passed_through(tmp_path: Path):
     emb = [0.01 * i for i in range(EMBEDDING_DIM)]
-    ds = _write(tmp_path / "ds", [GOOD, _j(_id=42, title="int id", embedding=emb, popularity=0, genre=[])])
+    ds = _write(tmp_path / "ds", [GOOD, _j(_id=42, title="int id", embedding=emb, popularity=0, genre=[]),
+                                  _j(_id="empty", title="", text=None)])
     rows, errs = _split(list(ds.iter_corpus()))
     assert errs == []
-    r0, r1 = rows
+    r0, r1, r2 = rows
     assert isinstance(r0, CorpusRow)
     assert (r0.id, r0.title, r0.text, r0.line) == ("d1", "Hello", "a song", 1)
     assert dict(r0.fields) == {"genre": "pop", "artist": ["A", "B"], "popularity": 3.5, "entity_type": "track",
                                "duration_ms": 180000, "year": 2001, "extra": {"nested": True}}
     assert r1.id == "42" and r1.text == ""
+    assert r2.id == "empty" and (r2.title, r2.text) == ("", "")  # empty records are kept
     assert r1.fields["embedding"] == tuple(emb)
     assert len(r1.fields["embedding"]) == EMBEDDING_DIM
     with pytest.raises(TypeError):
