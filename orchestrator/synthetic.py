@@ -700,7 +700,7 @@ def synthetic_spec(n_docs: int, seed: int) -> DatasetSpec:
             "with intents exact_title/artist/genre/misspelled/ambiguous; qrels follow the generator's "
             "rules (see orchestrator/synthetic.py), not human judgments."
         ),
-        facets=("entity_type", "genre", "subgenre", "artist", "album", "mood", "host"),
+        facets=("genre", "subgenre", "artist", "album", "mood", "host"),  # entity_type has its own role
         popularity="popularity",
         entity_type="entity_type",
         numeric=("year", "duration_ms", "track_count", "track_number"),

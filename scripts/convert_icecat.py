@@ -52,6 +52,7 @@ _EXCLUDE_FACET = re.compile(r"temperature|humidity|dimensions")
 _COLOUR_ATTRS = {"attr_t_printing_colours", "attr_t_cable_colour"}
 CORE_FIELDS = {"_id", "title", "text", "entity_type", "brand", "name", "ean", "price", "release_date", "year",
                "category", "color", "image_url", "thumbnail_url", "specs"}
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # usable as an index field name
 _CATEGORY_WORD = re.compile(r"^[a-z][a-z0-9/\-]*$")
 _MODEL_CODE = re.compile(r"^(?=.*\d)[A-Za-z0-9][A-Za-z0-9\-./#+]{3,}$")
 _SKIP = {"id", "name", "title", "ean", "short_description", "img_high", "img_low", "img_500x500", "img_thumb",
@@ -149,7 +150,7 @@ def convert(src: Path, out: Path) -> dict[str, Any]:
         if c < MIN_COVERAGE or k == "attr_t_product_colour":
             continue
         name = clean_attr_name(k)
-        if name in CORE_FIELDS:
+        if name in CORE_FIELDS or not _FIELD_NAME.fullmatch(name):
             name = k
         if k.startswith("attr_t_") and kinds[k] == {"str"} and len(values[k]) <= MAX_FACET_VALUES \
                 and not _EXCLUDE_FACET.search(k):

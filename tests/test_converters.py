@@ -257,3 +257,14 @@ def test_icecat_fields_and_queries(icecat):
     # duplicate titles -> one query judging every product with that title
     dup = q_by_text["Newstar flat screen desk mount"]
     assert len(qrels[dup.id]) == 30
+
+
+@pytest.mark.shared_data
+def test_specs_fit_the_catalogue_template(cranfield, spotify, icecat):
+    """Every converted dataset.yaml can create a catalogue index (no field-name collisions)."""
+    catalog = pytest.importorskip("orchestrator.catalog")
+    template = catalog.IndexTemplate.load("catalog")
+    for _mod, _src_dir, out, _summary in (cranfield, spotify, icecat):
+        spec = Dataset.open(out).spec
+        props = template.body(spec)["mappings"]["properties"]
+        assert set(spec.facets) | set(spec.numeric) <= set(props)

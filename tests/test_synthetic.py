@@ -226,3 +226,13 @@ def test_cli(tmp_path: Path, capsys):
     assert '"docs": 500' in capsys.readouterr().out
     assert (tmp_path / "cli" / "dataset.yaml").exists()
     assert Dataset.open(tmp_path / "cli").count_corpus_lines() == 500
+
+
+def test_spec_fits_the_catalogue_template(small):
+    """Facet/numeric names must not collide with the catalogue's own fields."""
+    catalog = pytest.importorskip("orchestrator.catalog")
+    out, _ = small
+    spec = Dataset.open(out).spec
+    body = catalog.IndexTemplate.load("catalog").body(spec)
+    props = body["mappings"]["properties"]
+    assert set(spec.facets) | set(spec.numeric) <= set(props)
