@@ -308,7 +308,8 @@ def load(dataset_dir: str, alias: str | None, limit: int | None, no_embed: bool,
     if not no_embed:
         from .embeddings import EmbeddingCache, SentenceEncoder
 
-        encoder, cache = SentenceEncoder(), EmbeddingCache()
+        encoder = SentenceEncoder()
+        cache = EmbeddingCache.for_encoder(encoder)
     client = _client()
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=err, transient=False) as bar:
@@ -341,6 +342,191 @@ def load(dataset_dir: str, alias: str | None, limit: int | None, no_embed: bool,
     console.print(table)
     if report.rejected and not allow_errors:
         sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# ltrr plans / search / evaluate
+# ------------------------------------------------------------------------------------------------
+
+
+def _plans():
+    from .strategies import PlanError, load_plans
+
+    try:
+        return load_plans()
+    except PlanError as e:
+        _fail(str(e), 2)
+        raise
+
+
+@main.group()
+def plans() -> None:
+    """Retrieval strategies: one YAML file each in query_plans/."""
+
+
+@plans.command("list")
+def plans_list() -> None:
+    """The plans, their stored script ids, costs and parameters."""
+    table = Table("strategy", "script id", "cost", "parameters", "description")
+    for plan in _plans().values():
+        table.add_row(plan.id, plan.script_id, f"{plan.cost:g}", ", ".join(f"{p.name}:{p.type}" for p in plan.params),
+                      plan.description[:80])
+    console.print(table)
+
+
+@plans.command("sync")
+def plans_sync() -> None:
+    """Store every plan as a mustache script (idempotent) and validate it with _render/template."""
+    from .strategies import sync_plans
+
+    results = sync_plans(_client(), _plans())
+    table = Table("strategy", "script id", "stored", "renders")
+    for r in results:
+        table.add_row(r.plan, r.script_id, "new" if r.created else "already", "ok" if r.rendered_ok else f"[red]{r.error}[/]")
+    console.print(table)
+    if not all(r.rendered_ok for r in results):
+        sys.exit(1)
+
+
+def _pipeline(index: str, with_encoder: bool = True, fusion: str = "rrf"):
+    from .pipeline import SearchPipeline
+    from .strategies import sync_plans
+
+    client = _client()
+    if not client.indices.exists(index=index):
+        _fail(f"no index or alias {index!r}; load a dataset first (ltrr load DATASET --index {index})")
+    plans_ = _plans()
+    bad = [r for r in sync_plans(client, plans_) if not r.rendered_ok]
+    if bad:
+        _fail("; ".join(f"{r.plan}: {r.error}" for r in bad))
+    encoder = None
+    if with_encoder:
+        from .embeddings import SentenceEncoder
+
+        encoder = SentenceEncoder()
+    return SearchPipeline(client, index, plans_, encoder=encoder, fusion=fusion)
+
+
+@main.command("search")
+@click.argument("query")
+@click.option("--index", default="synthetic-music", show_default=True, help="Catalogue alias.")
+@click.option("--strategies", default=None, help="Comma-separated strategies (default: all).")
+@click.option("--budget", type=int, default=50, show_default=True, help="Candidates per strategy.")
+@click.option("--size", type=int, default=10, show_default=True)
+@click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True)
+@click.option("--explain", is_flag=True, help="Show understanding, per-strategy results and timings.")
+@click.option("--json", "as_json", is_flag=True, help="Print the response as JSON.")
+def search(query: str, index: str, strategies: str | None, budget: int, size: int, fusion: str, explain: bool,
+           as_json: bool) -> None:
+    """Run QUERY through the chosen strategies in one round trip and print the fused list."""
+    import json as jsonlib
+
+    from .pipeline import QueryError
+
+    chosen = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    pipe = _pipeline(index, with_encoder=chosen is None or "knn" in chosen, fusion=fusion)
+    names = chosen or list(pipe.plans)
+    try:
+        resp = pipe.search(query, budgets={s: budget for s in names} if all(s in pipe.plans for s in names) else None,
+                           strategies=names, size=size)
+    except QueryError as e:
+        _fail(str(e), 2)
+        return
+    sources = pipe.fetch_sources([h.doc_id for h in resp.hits])
+    if as_json:
+        click.echo(jsonlib.dumps({
+            "search_id": resp.search_id, "query": query,
+            "hits": [{"id": h.doc_id, "score": h.score, "title": sources.get(h.doc_id, {}).get("title"),
+                      "provenance": [{"strategy": p.strategy, "rank": p.rank, "score": p.score} for p in h.provenance]}
+                     for h in resp.hits],
+            "errors": resp.errors, "timings_ms": resp.timings.__dict__}, indent=2))
+        return
+    if explain:
+        u = resp.understanding
+        console.print(f"[bold]query[/] {u.normalized!r}  key {u.key}  tokens {list(u.tokens)}")
+        console.print("[bold]slots[/] " + (", ".join(f"{s.field}={s.value!r} ({s.confidence:.2f})" for s in u.slots) or "-")
+                      + f"  remaining {u.remaining_text!r}")
+        st = Table("strategy", "budget", "hits", "took ms", "status")
+        for r in resp.strategy_results:
+            st.add_row(r.strategy, str(r.budget), str(len(r.hits)), f"{r.took_ms:.0f}" if r.took_ms is not None else "-",
+                       f"[yellow]{r.error}[/]" if r.error else "ok")
+        console.print(st)
+    table = Table("#", "id", "title", "type", "score", "found by (strategy#rank)")
+    for i, h in enumerate(resp.hits, start=1):
+        src = sources.get(h.doc_id, {})
+        table.add_row(str(i), h.doc_id, str(src.get("title", ""))[:60], str(src.get("entity_type", "")),
+                      f"{h.score:.4f}", " ".join(f"{p.strategy}#{p.rank}" for p in h.provenance))
+    console.print(table)
+    t = resp.timings
+    console.print(f"[dim]{len(resp.candidates)} candidates, {resp.round_trips} round trip; total {t.total_ms:.1f} ms "
+                  f"(OpenSearch {t.opensearch_took_ms:.0f} ms, encoder {t.embed_ms:.1f} ms, "
+                  f"orchestrator {t.orchestrator_ms:.1f} ms)[/]")
+    for name, error in resp.errors.items():
+        if error != "not applicable to this query":
+            err.print(f"[yellow]{name}:[/] {error}")
+
+
+@main.command("evaluate")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--index", "alias", default=None, help="Catalogue alias (default: the dataset's name).")
+@click.option("--split", default=None, help="qrels split (default: test, else the first one).")
+@click.option("--budget", type=int, default=100, show_default=True, help="Candidates per strategy.")
+@click.option("--limit-queries", type=int, default=None)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
+def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int, limit_queries: int | None,
+             out: str | None) -> None:
+    """nDCG@10, Recall@100 and MRR of each strategy alone and of the fused union, on the qrels."""
+    from rich.progress import Progress
+
+    from .catalog import default_alias
+    from .datasets import Dataset, RowError
+    from .evaluate import MetricSums, to_json
+    from .pipeline import QueryError
+
+    dataset = Dataset.open(dataset_dir)
+    alias = alias or default_alias(dataset.spec.name)
+    splits = dataset.splits()
+    split = split or ("test" if "test" in splits else (splits[0] if splits else None))
+    if split is None:
+        _fail(f"{dataset_dir} has no qrels/")
+    qrels = dataset.qrels(split)
+    queries = [q for q in dataset.iter_queries() if not isinstance(q, RowError) and q.id in qrels]
+    queries = queries[:limit_queries] if limit_queries else queries
+    pipe = _pipeline(alias)
+    names = list(pipe.plans)
+    systems = {name: MetricSums(name) for name in names}
+    union = MetricSums("union (rrf)")
+    understander = pipe.understander()
+    vectors = pipe.encoder.encode([q.text for q in queries]) if pipe.encoder is not None and queries else None
+    with Progress(console=err) as bar:
+        task = bar.add_task(f"evaluating {len(queries)} queries", total=len(queries))
+        for i, q in enumerate(queries):
+            try:
+                resp = pipe.search(q.text, budgets={s: budget for s in names}, size=budget, understander=understander,
+                                   vector=vectors[i] if vectors is not None else None)
+            except QueryError:
+                for m in [*systems.values(), union]:
+                    m.add(q.id, [], qrels[q.id], error=True)
+                bar.advance(task)
+                continue
+            for r in resp.strategy_results:
+                systems[r.strategy].add(q.id, [h.doc_id for h in r.hits], qrels[q.id],
+                                        error=bool(r.error and r.error != "not applicable to this query"))
+            union.add(q.id, [h.doc_id for h in resp.hits], qrels[q.id], pool=resp.candidates)
+            bar.advance(task)
+    summaries = [m.summary() for m in [*systems.values(), union]]
+    table = Table("system", "queries", "nDCG@10", "Recall@100", "MRR", "candidate recall", "empty", "errors",
+                  title=f"{dataset.spec.name} ({split}, {len(queries)} queries, budget {budget}/strategy)")
+    for s in summaries:
+        table.add_row(str(s["system"]), str(s["queries"]), f"{s['ndcg@10']:.4f}", f"{s['recall@100']:.4f}",
+                      f"{s['mrr']:.4f}", f"{s['candidate_recall']:.4f}" if s["candidate_recall"] is not None else "",
+                      str(s["empty"]), str(s["errors"]))
+    console.print(table)
+    if out:
+        with open(out, "w") as f:
+            f.write(to_json(summaries, {"dataset": dataset.spec.name, "split": split, "index": alias,
+                                        "budget": budget, "queries": len(queries)}))
+        console.print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,420 @@
+"""The strategies stage: retrieval plans as data, stored as mustache templates, run in one round trip.
+
+A plan is one YAML file in ``query_plans/`` (id, description, cost hint, catalogue fields, typed
+parameters with defaults, an example, and the mustache template). ``sync_plans`` stores each
+template as a script with a content-addressed id ``ltrr-<plan>-<sha8>`` (so syncing twice is a
+no-op and a changed template never overwrites one that running searches use) and validates it by
+rendering the example through ``_render/template``.
+
+Template safety: user text only ever reaches OpenSearch as a template *parameter*. String
+parameters sit inside JSON quotes, where mustache JSON-escapes them; lists, objects and vectors go
+through ``{{#toJson}}``; numbers are type-checked here before sending. ``check_template`` enforces
+these rules for every plan, so a parameter can never close the JSON around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import ConnectionError as OSConnectionError
+from opensearchpy.exceptions import ConnectionTimeout, NotFoundError, TransportError
+
+from .fusion import Hit, StrategyResult
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_KEY_RE = re.compile(r"^q_[0-9a-f]{16}$")
+_PLAN_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_TAG_RE = re.compile(r"\{\{\s*([#^/]?)\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+PARAM_TYPES = ("string", "integer", "number", "boolean", "object_list", "vector", "key")
+TIMEOUT_PARAM = "timeout"
+
+
+class PlanError(ValueError):
+    """A query plan file is invalid; the message names the file and the problem."""
+
+
+class ParamError(ValueError):
+    """A parameter value does not fit its declared type (a client error, like HTTP 400)."""
+
+
+def plans_dir() -> Path:
+    return Path(os.environ.get("LTRR_QUERY_PLANS", REPO_ROOT / "query_plans"))
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    name: str
+    type: str
+    default: Any = None
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+    max_length: int | None = None
+    dimension: int | None = None
+
+    def coerce(self, value: Any) -> Any:
+        """Check ``value`` against the type; strings longer than ``max_length`` are cut (a query is
+        never that long; the cut keeps the answer useful instead of failing it)."""
+        t = self.type
+        if t == "string":
+            if not isinstance(value, str):
+                raise ParamError(f"{self.name}: expected a string, got {type(value).__name__}")
+            return value[: self.max_length] if self.max_length else value
+        if t in ("integer", "number"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ParamError(f"{self.name}: expected a finite {t}, got {value!r}")
+            if t == "integer" and int(value) != value:
+                raise ParamError(f"{self.name}: expected an integer, got {value!r}")
+            if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+                raise ParamError(f"{self.name}: {value} is outside [{self.min}, {self.max}]")
+            return int(value) if t == "integer" else float(value)
+        if t == "boolean":
+            if not isinstance(value, bool):
+                raise ParamError(f"{self.name}: expected true or false")
+            return value
+        if t == "object_list":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value):
+                raise ParamError(f"{self.name}: expected a list of objects")
+            return [dict(v) for v in value]
+        if t == "vector":
+            if value is None or len(value) == 0:
+                return []
+            try:
+                vec = [float(x) for x in value]
+            except (TypeError, ValueError):
+                raise ParamError(f"{self.name}: expected a list of numbers") from None
+            if self.dimension and len(vec) != self.dimension:
+                raise ParamError(f"{self.name}: expected {self.dimension} numbers, got {len(vec)}")
+            if not all(math.isfinite(x) for x in vec):
+                raise ParamError(f"{self.name}: vector has non-finite values")
+            return vec
+        if t == "key":
+            if value in (None, ""):
+                return ""
+            if not isinstance(value, str) or not _KEY_RE.match(value):
+                raise ParamError(f"{self.name}: {value!r} is not a query key (q_ + 16 hex digits)")
+            return value
+        raise ParamError(f"{self.name}: unknown type {t}")
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """One retrieval strategy: a validated query_plans/*.yaml file."""
+
+    id: str
+    description: str
+    template: str
+    params: tuple[ParamSpec, ...]
+    fields: tuple[str, ...] = ()
+    cost: float = 1.0
+    skip_if_empty: tuple[str, ...] = ()
+    example: Mapping[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def digest(self) -> str:
+        payload = json.dumps({"t": self.template, "p": [p.name for p in self.params]}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:8]
+
+    @property
+    def script_id(self) -> str:
+        return f"ltrr-{self.id}-{self.digest}"
+
+    def param(self, name: str) -> ParamSpec:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def build_params(self, values: Mapping[str, Any], *, timeout_ms: int) -> dict[str, Any] | None:
+        """Typed, defaulted parameters for a search; None when a ``skip_if_empty`` param is empty
+        (the plan does not apply to this query, e.g. ``structured`` without slots)."""
+        unknown = set(values) - {p.name for p in self.params}
+        if unknown:
+            raise ParamError(f"{self.id}: unknown parameters {sorted(unknown)}")
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in values and values[p.name] is not None:
+                out[p.name] = p.coerce(values[p.name])
+            elif p.default is not None:
+                out[p.name] = p.coerce(p.default)
+            elif p.required or p.type in ("integer", "number", "boolean"):
+                raise ParamError(f"{self.id}: parameter {p.name!r} is required")
+            else:  # absent text or list: empty (skip_if_empty then decides whether the plan runs)
+                out[p.name] = p.coerce("" if p.type in ("string", "key") else [])
+        for name in self.skip_if_empty:
+            value = out.get(name)
+            if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
+                return None
+        if not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= 600_000:
+            raise ParamError(f"timeout must be 1..600000 ms, got {timeout_ms!r}")
+        out[TIMEOUT_PARAM] = f"{timeout_ms}ms"
+        return out
+
+    def example_params(self, dim_hint: int = 384) -> dict[str, Any]:
+        values = dict(self.example)
+        for name, value in list(values.items()):
+            if value == "zeros":  # shorthand in YAML for a vector example
+                spec = self.param(name)
+                values[name] = [0.01] * (spec.dimension or dim_hint)
+        return values
+
+
+def _parse_param(plan_file: str, name: str, raw: Any) -> ParamSpec:
+    if not isinstance(raw, Mapping) or "type" not in raw:
+        raise PlanError(f"{plan_file}: parameter {name!r} needs a mapping with a type")
+    unknown = set(raw) - {"type", "default", "required", "min", "max", "max_length", "dimension"}
+    if unknown:
+        raise PlanError(f"{plan_file}: parameter {name!r} has unknown keys {sorted(unknown)}")
+    if raw["type"] not in PARAM_TYPES:
+        raise PlanError(f"{plan_file}: parameter {name!r} has type {raw['type']!r}; use one of {PARAM_TYPES}")
+    spec = ParamSpec(name=name, type=raw["type"], default=raw.get("default"), required=bool(raw.get("required", False)),
+                     min=raw.get("min"), max=raw.get("max"), max_length=raw.get("max_length"),
+                     dimension=raw.get("dimension"))
+    if spec.default is not None:
+        try:
+            spec.coerce(spec.default)
+        except ParamError as e:
+            raise PlanError(f"{plan_file}: default of {name!r} is invalid: {e}") from None
+    return spec
+
+
+_TOJSON_RE = re.compile(r"\{\{#toJson\}\}\s*([A-Za-z_][A-Za-z0-9_]*)\s*\{\{/toJson\}\}")
+
+
+def check_template(plan: QueryPlan) -> None:
+    """Enforce the escaping rules: each declared parameter is used, each used name is declared;
+    strings and keys only inside JSON quotes; lists, objects and vectors only via toJson (and not
+    quoted); numbers and booleans bare (they are type-checked before sending)."""
+    declared = {p.name: p for p in plan.params}
+    used: set[str] = set()
+    template = plan.template
+    for m in _TOJSON_RE.finditer(template):
+        name = m.group(1)
+        p = declared.get(name)
+        if p is None:
+            raise PlanError(f"{plan.path}: template uses toJson on {name!r} but no such parameter is declared")
+        if p.type not in ("object_list", "vector"):
+            raise PlanError(f"{plan.path}: toJson is for lists and objects; {name!r} is a {p.type}")
+        if _inside_json_string(template[: m.start()]):
+            raise PlanError(f"{plan.path}: toJson of {name!r} must not be quoted")
+        used.add(name)
+    rest = _TOJSON_RE.sub(" 0 ", template)
+    for m in _TAG_RE.finditer(rest):
+        kind, name = m.group(1), m.group(2)
+        if kind:
+            raise PlanError(f"{plan.path}: sections ({{{{{kind}{name}}}}}) are not allowed; use toJson for lists")
+        if name != TIMEOUT_PARAM and name not in declared:
+            raise PlanError(f"{plan.path}: template uses {{{{{name}}}}} but no such parameter is declared")
+        used.add(name)
+        ptype = declared[name].type if name in declared else "string"  # timeout renders as "250ms"
+        in_quotes = _inside_json_string(rest[: m.start()])
+        if ptype in ("string", "key"):
+            if not in_quotes:
+                raise PlanError(f"{plan.path}: string parameter {name!r} must sit inside JSON quotes")
+        elif ptype in ("object_list", "vector"):
+            raise PlanError(f"{plan.path}: {ptype} parameter {name!r} must be rendered with {{{{#toJson}}}}")
+        elif in_quotes:
+            raise PlanError(f"{plan.path}: {ptype} parameter {name!r} must not be quoted")
+    missing = set(declared) - used
+    if missing:
+        raise PlanError(f"{plan.path}: parameters declared but not used: {sorted(missing)}")
+    if TIMEOUT_PARAM not in used:
+        raise PlanError(f'{plan.path}: the template must set "timeout": "{{{{timeout}}}}" (per-strategy timeout)')
+
+
+def _inside_json_string(prefix: str) -> bool:
+    """Whether the end of ``prefix`` is inside a JSON string literal (mustache tags skipped)."""
+    text = _TAG_RE.sub("", prefix)
+    inside = False
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = inside
+        elif ch == '"':
+            inside = not inside
+    return inside
+
+
+def load_plan(path: Path) -> QueryPlan:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise PlanError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"{path}: expected a mapping")
+    allowed = {"id", "description", "cost", "fields", "params", "skip_if_empty", "example", "template"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise PlanError(f"{path}: unknown keys {sorted(unknown)}")
+    for key in ("id", "template", "params"):
+        if key not in raw:
+            raise PlanError(f"{path}: missing {key!r}")
+    if not _PLAN_ID_RE.match(str(raw["id"])):
+        raise PlanError(f"{path}: id {raw['id']!r} must be lowercase letters, digits and _")
+    if path.stem != raw["id"]:
+        raise PlanError(f"{path}: file name must equal the id ({raw['id']}.yaml)")
+    params = tuple(_parse_param(str(path), name, spec) for name, spec in (raw["params"] or {}).items())
+    if any(p.name == TIMEOUT_PARAM for p in params):
+        raise PlanError(f"{path}: {TIMEOUT_PARAM!r} is reserved (set per search)")
+    plan = QueryPlan(
+        id=raw["id"], description=" ".join(str(raw.get("description", "")).split()), template=str(raw["template"]),
+        params=params, fields=tuple(raw.get("fields", ())), cost=float(raw.get("cost", 1.0)),
+        skip_if_empty=tuple(raw.get("skip_if_empty", ())), example=raw.get("example") or {}, path=str(path))
+    if plan.cost <= 0:
+        raise PlanError(f"{path}: cost must be positive")
+    for name in plan.skip_if_empty:
+        if name not in {p.name for p in params}:
+            raise PlanError(f"{path}: skip_if_empty names unknown parameter {name!r}")
+    check_template(plan)
+    return plan
+
+
+def load_plans(directory: Path | None = None) -> dict[str, QueryPlan]:
+    directory = directory or plans_dir()
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise PlanError(f"no query plans in {directory}")
+    plans = {}
+    for path in files:
+        plan = load_plan(path)
+        plans[plan.id] = plan
+    return plans
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    plan: str
+    script_id: str
+    created: bool
+    rendered_ok: bool
+    error: str | None = None
+
+
+def sync_plans(client: OpenSearch, plans: Mapping[str, QueryPlan]) -> list[SyncResult]:
+    """Store every plan's template (idempotent) and validate it by rendering its example."""
+    results = []
+    for plan in plans.values():
+        created = False
+        try:
+            client.get_script(id=plan.script_id)
+        except NotFoundError:
+            client.put_script(id=plan.script_id, body={"script": {"lang": "mustache", "source": plan.template}})
+            created = True
+        try:
+            params = plan.build_params(plan.example_params(), timeout_ms=1000) or {}
+            rendered = client.render_search_template(id=plan.script_id, body={"params": params})
+            output = rendered["template_output"]
+            if not isinstance(output, Mapping) or "query" not in output:
+                raise PlanError("rendered template has no query")
+            results.append(SyncResult(plan.id, plan.script_id, created, True))
+        except (TransportError, PlanError, ParamError) as e:
+            results.append(SyncResult(plan.id, plan.script_id, created, False, str(e)))
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Execution: one _msearch/template for all chosen strategies
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyCall:
+    """One strategy to run: which plan, how many candidates, and its parameter values."""
+
+    plan: str
+    budget: int
+    params: Mapping[str, Any]
+    timeout_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class ExecutionReport:
+    results: tuple[StrategyResult, ...]
+    wall_ms: float            # the whole round trip as seen from here
+    max_took_ms: float        # the slowest strategy as OpenSearch measured it
+    round_trips: int
+
+
+class StrategyExecutor:
+    """Runs strategy calls against an index. Failures are per strategy: a failing, timed-out or
+    inapplicable strategy yields an empty result with ``error`` set while the others are served."""
+
+    def __init__(self, client: OpenSearch, plans: Mapping[str, QueryPlan], *, margin_ms: int = 2000):
+        self.client = client
+        self.plans = dict(plans)
+        self.margin_ms = margin_ms
+
+    def run(self, index: str, calls: Sequence[StrategyCall]) -> ExecutionReport:
+        results: list[StrategyResult | None] = [None] * len(calls)
+        body: list[dict] = []
+        sent: list[int] = []
+        for i, call in enumerate(calls):
+            plan = self.plans.get(call.plan)
+            if plan is None:
+                results[i] = StrategyResult(call.plan, (), call.budget, None, f"unknown strategy {call.plan!r}")
+                continue
+            try:
+                params = plan.build_params({**call.params, "size": call.budget}, timeout_ms=call.timeout_ms)
+            except ParamError as e:
+                results[i] = StrategyResult(call.plan, (), call.budget, None, f"bad parameters: {e}")
+                continue
+            if params is None:
+                results[i] = StrategyResult(call.plan, (), call.budget, None, "not applicable to this query")
+                continue
+            body.append({"index": index})
+            body.append({"id": plan.script_id, "params": params})
+            sent.append(i)
+        t0 = time.perf_counter()
+        round_trips = 0
+        if sent:
+            round_trips = 1
+            timeout_s = (max(calls[i].timeout_ms for i in sent) + self.margin_ms) / 1000
+            try:
+                resp = self.client.msearch_template(body=body, request_timeout=timeout_s)
+                responses = resp.get("responses", [])
+            except (OSConnectionError, ConnectionTimeout) as e:
+                responses = [{"error": {"type": "connection_error", "reason": str(e)[:300]}}] * len(sent)
+            except TransportError as e:
+                responses = [{"error": {"type": "request_error", "reason": str(e)[:300]}}] * len(sent)
+            for i, response in zip(sent, responses):
+                results[i] = _to_result(calls[i], response)
+        wall_ms = (time.perf_counter() - t0) * 1000
+        final = tuple(r for r in results if r is not None)
+        max_took = max((r.took_ms or 0.0 for r in final), default=0.0)
+        return ExecutionReport(final, wall_ms, max_took, round_trips)
+
+
+def _to_result(call: StrategyCall, response: Mapping[str, Any]) -> StrategyResult:
+    if "error" in response:
+        err = response["error"]
+        if isinstance(err, Mapping):
+            cause = (err.get("root_cause") or [err])[0]
+            reason = f"{cause.get('type', 'error')}: {cause.get('reason', '')}"[:500]
+        else:
+            reason = str(err)[:500]
+        return StrategyResult(call.plan, (), call.budget, None, reason)
+    took = float(response.get("took", 0))
+    if response.get("timed_out"):
+        return StrategyResult(call.plan, (), call.budget, took, f"timed out after {call.timeout_ms} ms")
+    shards = response.get("_shards", {})
+    if shards.get("failed"):
+        failure = (shards.get("failures") or [{}])[0].get("reason", {})
+        return StrategyResult(call.plan, (), call.budget, took, f"shard failure: {failure.get('type', '')}: "
+                              f"{failure.get('reason', '')}"[:500])
+    hits = tuple(Hit(h["_id"], rank, float(h.get("_score") or 0.0))
+                 for rank, h in enumerate(response["hits"]["hits"][: call.budget], start=1))
+    return StrategyResult(call.plan, hits, call.budget, took, None)
