@@ -1,9 +1,10 @@
 """A local single-node OpenSearch, assembled from Maven artifacts and run by a tiny Java launcher.
 
-Why this shape: the Maven ``integ-test-zip`` distribution carries only the transport module, and
-core modules are published as jars, not zips. So ltrr fetches the distribution, the module jars
-and the plugin zips with ``mvn``, lays out ``modules/<name>/`` and ``plugins/<name>/`` folders with
-their descriptors, and starts the real ``org.opensearch.node.Node`` through ``EmbeddedNode.java``
+Why this shape: the Maven ``integ-test-zip`` distribution of 2.x carries only the transport
+module, and core modules are published as jars, not zips. So ltrr fetches the distribution, the
+module jars and the plugin zips with ``mvn``, lays out ``modules/<name>/`` and ``plugins/<name>/``
+folders with their descriptors (3.x's zip already has every core module; only plugins are added),
+and starts the real ``org.opensearch.node.Node`` through ``EmbeddedNode.java``
 (no root refusal, no security manager; every module and plugin still loads as a bundle with its
 own class loader, version and jar-hell checks).
 
@@ -77,13 +78,18 @@ class Distribution:
     min_java: int
     modules: tuple[ModuleSpec, ...]
     plugins: tuple[PluginSpec, ...]
+    # JVM flags that differ by OpenSearch line (taken from the distribution's config/jvm.options).
+    locale_providers: str = "SPI,COMPAT"
+    jvm_options: tuple[str, ...] = ()
 
     @property
     def distribution_artifact(self) -> str:
         return f"org.opensearch.distribution.integ-test-zip:opensearch:{self.version}:zip"
 
 
-def _distribution(version: str, plugin_version: str, min_java: int, asm: str, antlr: str, mustache: str) -> Distribution:
+def _distribution(version: str, plugin_version: str, min_java: int, asm: str, antlr: str, mustache: str,
+                  *, bundled_modules: bool = False, locale_providers: str = "SPI,COMPAT",
+                  jvm_options: tuple[str, ...] = ()) -> Distribution:
     v, pv = version, plugin_version
     painless_policy = (
         'grant {\n  permission java.lang.RuntimePermission "createClassLoader";\n'
@@ -123,6 +129,10 @@ def _distribution(version: str, plugin_version: str, min_java: int, asm: str, an
             extended_plugins=("lang-painless",),
         ),
     )
+    if bundled_modules:
+        # From 3.x the integ-test-zip ships every core module (painless, mustache, mapper-extras,
+        # analysis-common, ...) with its own descriptor: nothing to rebuild from jars.
+        modules = ()
     plugins = (
         PluginSpec("opensearch-knn", (f"org.opensearch.plugin:opensearch-knn:{pv}:zip",)),
         PluginSpec(
@@ -134,13 +144,22 @@ def _distribution(version: str, plugin_version: str, min_java: int, asm: str, an
             zip_env="LTRR_LTR_PLUGIN_ZIP",
         ),
     )
-    return Distribution(version, min_java, modules, plugins)
+    return Distribution(version, min_java, modules, plugins, locale_providers, jvm_options)
 
 
 # k-NN's zip is served on Maven Central only at 2.19.1.0 and 3.5.0.0 (checked 2026-11-25);
 # 2.19.1 runs on the Java 17 every machine here has. Dependency versions come from the POMs.
+# 3.5.0 needs Java 21+ (tested on Temurin 25); its zip already carries the modules, so the
+# asm/antlr/mustache versions (from the 3.5.0 POMs) are unused there.
 DISTRIBUTIONS: dict[str, Distribution] = {
     "2.19.1": _distribution("2.19.1", "2.19.1.0", 17, asm="9.7", antlr="4.13.1", mustache="0.9.14"),
+    "3.5.0": _distribution(
+        "3.5.0", "3.5.0.0", 21, asm="9.9.1", antlr="4.13.1", mustache="0.9.14", bundled_modules=True,
+        # COMPAT is gone from Java 23; 3.x's launcher uses SPI,CLDR. The rest is from jvm.options
+        # (the -javaagent line is left out: the embedded launcher runs without it).
+        locale_providers="SPI,CLDR",
+        jvm_options=("--add-modules=jdk.incubator.vector", "-Dorg.apache.lucene.store.MMapDirectory.sharedArenaMaxPermits=1"),
+    ),
 }
 DEFAULT_VERSION = "2.19.1"
 
@@ -158,8 +177,13 @@ class JavaRuntime:
     home: Path
 
 
+# Where JDKs are installed side by side; looked at only when the default java is too old.
+JVM_DIRS: tuple[str, ...] = ("/usr/lib/jvm", "/Library/Java/JavaVirtualMachines")
+
+
 def find_java(min_feature: int, env: dict[str, str] | None = None) -> JavaRuntime:
-    """The JDK to run the node: ``LTRR_JAVA_HOME``, else ``JAVA_HOME``, else ``java`` on PATH."""
+    """The JDK to run the node: ``LTRR_JAVA_HOME``, else ``JAVA_HOME``, else ``java`` on PATH; when
+    those are too old and ``LTRR_JAVA_HOME`` is unset, the newest fitting JDK under ``JVM_DIRS``."""
     env = dict(os.environ) if env is None else env
     candidates: list[Path] = []
     for var in ("LTRR_JAVA_HOME", "JAVA_HOME"):
@@ -174,6 +198,7 @@ def find_java(min_feature: int, env: dict[str, str] | None = None) -> JavaRuntim
             "install one (e.g. apt-get install openjdk-17-jdk-headless) or set LTRR_JAVA_HOME."
         )
     seen: list[str] = []
+    too_old = False
     for java in candidates:
         if not java.exists():
             seen.append(f"{java} (missing)")
@@ -184,10 +209,31 @@ def find_java(min_feature: int, env: dict[str, str] | None = None) -> JavaRuntim
             continue
         if feature < min_feature:
             seen.append(f"{java} (Java {feature})")
+            too_old = True
             continue
         home = java.parent.parent
         javac = home / "bin" / "javac"
         return JavaRuntime(java, javac if javac.exists() else None, feature, home)
+    if too_old and not env.get("LTRR_JAVA_HOME"):
+        found: list[JavaRuntime] = []
+        tried = {str(c.resolve()) for c in candidates if c.exists()}
+        for root in JVM_DIRS:
+            for home in sorted(Path(root).glob("*")) if Path(root).is_dir() else ():
+                home = home / "Contents" / "Home" if (home / "Contents" / "Home").is_dir() else home
+                java = home / "bin" / "java"
+                if not java.is_file() or str(java.resolve()) in tried:
+                    continue
+                tried.add(str(java.resolve()))
+                feature = _java_feature(java)
+                if feature is None:
+                    continue
+                if feature < min_feature:
+                    seen.append(f"{java} (Java {feature})")
+                    continue
+                javac = home / "bin" / "javac"
+                found.append(JavaRuntime(java, javac if javac.exists() else None, feature, home))
+        if found:  # prefer a full JDK, then the newest
+            return max(found, key=lambda j: (j.javac is not None, j.feature))
     raise NodeError(
         f"OpenSearch here needs Java {min_feature} or newer; found only: {', '.join(seen)}. "
         "Install a newer JDK or set LTRR_JAVA_HOME to one."
@@ -517,6 +563,7 @@ class LocalNode:
 
     def _jvm_options(self) -> list[str]:
         tmp = self.node_dir / "tmp"
+        dist = DISTRIBUTIONS[self.version]
         return [
             f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC", "-XX:G1ReservePercent=25",
             "-XX:InitiatingHeapOccupancyPercent=30", "-Xss1m", f"-Djava.io.tmpdir={tmp}",
@@ -524,8 +571,8 @@ class LocalNode:
             "-XX:-OmitStackTraceInFastThrow", "-Dio.netty.noUnsafe=true", "-Dio.netty.noKeySetOptimization=true",
             "-Dio.netty.recycler.maxCapacityPerThread=0", "-Dio.netty.allocator.numDirectArenas=0",
             "-Dlog4j.shutdownHookEnabled=false", "-Dlog4j2.disable.jmx=true", "-Dlog4j2.formatMsgNoLookups=true",
-            "-Djava.locale.providers=SPI,COMPAT", "-Dopensearch.networkaddress.cache.ttl=60",
-            f"-XX:ErrorFile={self.log_dir}/hs_err_pid%p.log",
+            f"-Djava.locale.providers={dist.locale_providers}", "-Dopensearch.networkaddress.cache.ttl=60",
+            f"-XX:ErrorFile={self.log_dir}/hs_err_pid%p.log", *dist.jvm_options,
         ]
 
     def stop(self, *, timeout_s: float = 60.0) -> bool:
