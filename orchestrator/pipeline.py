@@ -78,7 +78,7 @@ class SearchPipeline:
         self.executor = StrategyExecutor(self.client, self.plans)
         self._facets: tuple[str, ...] | None = None
         if self.dictionary_cache is None:
-            self.dictionary_cache = DictionaryCache()
+            self.dictionary_cache = DictionaryCache(self.client)
 
     # ---- catalogue metadata --------------------------------------------------------------
     def facet_fields(self) -> tuple[str, ...]:
@@ -93,7 +93,7 @@ class SearchPipeline:
         fields = self.facet_fields()
         if not fields:
             return None
-        return self.dictionary_cache.get(self.client, self.index, fields)
+        return self.dictionary_cache.get(self.index, fields)
 
     def understander(self) -> QueryUnderstander:
         return QueryUnderstander(self.dictionary())

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
-from opensearchpy.exceptions import ConnectionTimeout, NotFoundError, TransportError
+from opensearchpy.exceptions import ConnectionTimeout, NotFoundError, SerializationError, TransportError
 
 from .fusion import Hit, StrategyResult
 
@@ -163,11 +163,18 @@ class QueryPlan:
         return out
 
     def example_params(self, dim_hint: int = 384) -> dict[str, Any]:
+        """The plan's ``example`` with placeholders for what it leaves out, so that the example
+        always makes the plan applicable (``zeros`` is YAML shorthand for a vector)."""
         values = dict(self.example)
-        for name, value in list(values.items()):
-            if value == "zeros":  # shorthand in YAML for a vector example
-                spec = self.param(name)
-                values[name] = [0.01] * (spec.dimension or dim_hint)
+        for spec in self.params:
+            value = values.get(spec.name)
+            if value == "zeros" or (value is None and spec.type == "vector"):
+                values[spec.name] = [0.01] * (spec.dimension or dim_hint)
+            elif value is None and spec.default is None:
+                placeholder = {"string": "example", "key": "q_0000000000000000",
+                               "object_list": [{"match_all": {}}]}.get(spec.type)
+                if placeholder is not None:
+                    values[spec.name] = placeholder
         return values
 
 
@@ -315,8 +322,13 @@ def sync_plans(client: OpenSearch, plans: Mapping[str, QueryPlan]) -> list[SyncR
             client.put_script(id=plan.script_id, body={"script": {"lang": "mustache", "source": plan.template}})
             created = True
         try:
-            params = plan.build_params(plan.example_params(), timeout_ms=1000) or {}
-            rendered = client.render_search_template(id=plan.script_id, body={"params": params})
+            params = plan.build_params(plan.example_params(), timeout_ms=1000)
+            if params is None:
+                raise PlanError("the example leaves a skip_if_empty parameter empty")
+            try:
+                rendered = client.render_search_template(id=plan.script_id, body={"params": params})
+            except SerializationError:
+                raise PlanError("the template renders to invalid JSON with the example parameters") from None
             output = rendered["template_output"]
             if not isinstance(output, Mapping) or "query" not in output:
                 raise PlanError("rendered template has no query")
