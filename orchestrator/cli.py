@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import ConfigError, ConnectionSettings, ltrr_home
-from .node import DEFAULT_VERSION, LocalNode, NodeAlreadyRunning, NodeError, install
+from .node import LocalNode, NodeAlreadyRunning, NodeError, default_version, install
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -50,7 +50,7 @@ def _local_node(port: int | None, heap: int | None) -> LocalNode:
         port = settings.port
     heap = heap or int(os.environ.get("LTRR_NODE_HEAP_MB", "1024"))
     try:
-        return LocalNode(port=port, heap_mb=heap, version=os.environ.get("LTRR_OPENSEARCH_VERSION", DEFAULT_VERSION))
+        return LocalNode(port=port, heap_mb=heap, version=default_version())
     except NodeError as e:
         _fail(str(e), 2)
         raise
@@ -157,7 +157,7 @@ def node_logs(lines: int, follow: bool) -> None:
 def node_install() -> None:
     """Fetch and assemble the node without starting it (what `start` does the first time)."""
     try:
-        report = install(os.environ.get("LTRR_OPENSEARCH_VERSION", DEFAULT_VERSION),
+        report = install(default_version(),
                          log=lambda s: err.print(f"[dim]{s}[/]", highlight=False))
     except NodeError as e:
         _fail(str(e))
@@ -172,7 +172,7 @@ def node_reinstall() -> None:
     """Rebuild the distribution folder (e.g. after setting LTRR_LTR_PLUGIN_ZIP). Data is kept."""
     import shutil
 
-    version = os.environ.get("LTRR_OPENSEARCH_VERSION", DEFAULT_VERSION)
+    version = default_version()
     local = _local_node(None, None)
     if local.running_pid():
         _fail("stop the node first: ltrr node stop")

@@ -161,7 +161,25 @@ DISTRIBUTIONS: dict[str, Distribution] = {
         jvm_options=("--add-modules=jdk.incubator.vector", "-Dorg.apache.lucene.store.MMapDirectory.sharedArenaMaxPermits=1"),
     ),
 }
-DEFAULT_VERSION = "2.19.1"
+NEWEST_VERSION = "3.5.0"
+FALLBACK_VERSION = "2.19.1"
+DEFAULT_VERSION = NEWEST_VERSION
+
+
+def default_version(env: dict[str, str] | None = None) -> str:
+    """``LTRR_OPENSEARCH_VERSION`` when set; else the newest version this machine's Java can run
+    (3.5.0 with a JDK 21+, otherwise 2.19.1 on Java 17)."""
+    env = dict(os.environ) if env is None else env
+    chosen = env.get("LTRR_OPENSEARCH_VERSION")
+    if chosen:
+        if chosen not in DISTRIBUTIONS:
+            raise NodeError(f"LTRR_OPENSEARCH_VERSION={chosen!r}: supported versions are {', '.join(DISTRIBUTIONS)}")
+        return chosen
+    try:
+        find_java(DISTRIBUTIONS[NEWEST_VERSION].min_java, env)
+        return NEWEST_VERSION
+    except NodeError:
+        return FALLBACK_VERSION
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,11 +326,12 @@ def _descriptor(name: str, description: str, version: str, os_version: str, clas
     )
 
 
-def install(version: str = DEFAULT_VERSION, *, home_root: Path | None = None,
+def install(version: str | None = None, *, home_root: Path | None = None,
             log: Callable[[str], None] = lambda s: None) -> InstallReport:
     """Assemble the distribution under ``<ltrr_home>/opensearch/<version>`` once; later calls
     return at once (nothing is downloaded twice). Assembly happens in a temp folder renamed into
     place at the end, so an interrupted install never leaves a half-built home."""
+    version = version or default_version()
     if version not in DISTRIBUTIONS:
         raise NodeError(f"unknown OpenSearch version {version!r}; supported: {', '.join(DISTRIBUTIONS)}")
     dist = DISTRIBUTIONS[version]
@@ -449,7 +468,7 @@ class LocalNode:
     """Start, stop and inspect the local node. All state lives in files under ``node_dir``, so a
     second ``ltrr`` process (or a test run) sees the same node."""
 
-    def __init__(self, *, port: int = 9200, heap_mb: int = 1024, version: str = DEFAULT_VERSION,
+    def __init__(self, *, port: int = 9200, heap_mb: int = 1024, version: str | None = None,
                  root: Path | None = None, node_dir: Path | None = None) -> None:
         if not 1 <= port <= 65535:
             raise NodeError(f"port {port} is out of range")
@@ -457,7 +476,7 @@ class LocalNode:
             raise NodeError("heap must be at least 256 MiB")
         self.port = port
         self.heap_mb = heap_mb
-        self.version = version
+        self.version = version or default_version()
         self.root = root or ltrr_home()
         # The distribution is shared under root; node_dir (data, logs, state) may live elsewhere,
         # e.g. a throwaway node for a test session.
@@ -467,7 +486,8 @@ class LocalNode:
     # ---- paths ---------------------------------------------------------------------------
     @property
     def data_path(self) -> Path:
-        return self.node_dir / "data"
+        # Per version: an index written by 3.x cannot be opened by 2.19, and vice versa.
+        return self.node_dir / f"data-{self.version}"
 
     @property
     def log_dir(self) -> Path:

@@ -16,8 +16,9 @@ import pytest
 
 from orchestrator.client import make_client
 from orchestrator.config import ConnectionSettings
+from orchestrator.node import NEWEST_VERSION
 
-OFFICIAL_IMAGE = "opensearchproject/opensearch:2.19.1"
+OFFICIAL_IMAGE = f"opensearchproject/opensearch:{NEWEST_VERSION}"  # includes the k-NN and LTR plugins
 
 
 def shared_dir() -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import ConfigError, ConnectionSettings, ltrr_home
-from orchestrator.node import DEFAULT_VERSION, LocalNode, NodeError, find_java, maven_fetch
+from orchestrator.node import FALLBACK_VERSION, LocalNode, NodeError, default_version, find_java, maven_fetch
 
 
 def test_connection_settings_defaults_and_validation(tmp_path):
@@ -88,7 +88,7 @@ def test_node_dying_during_start_is_reported(tmp_path):
     """A distribution whose launcher cannot run: start must fail with the log, never succeed."""
     if not _java_on_path():
         pytest.skip("no java here")
-    home = tmp_path / "opensearch" / DEFAULT_VERSION
+    home = tmp_path / "opensearch" / FALLBACK_VERSION
     (home / "lib").mkdir(parents=True)
     (home / "launcher").mkdir()
     (home / "config").mkdir()
@@ -97,7 +97,7 @@ def test_node_dying_during_start_is_reported(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    node = LocalNode(port=port, root=tmp_path)
+    node = LocalNode(port=port, root=tmp_path, version=FALLBACK_VERSION)
     with pytest.raises(NodeError, match="exited during start"):
         node.start(timeout_s=60)
     assert node.running_pid() is None
@@ -126,3 +126,9 @@ def test_start_twice_says_already_running(opensearch_url, tmp_path):
 
     with pytest.raises(NodeAlreadyRunning, match="already running"):
         running[0].start(timeout_s=5)
+
+
+def test_version_choice():
+    assert default_version({"LTRR_OPENSEARCH_VERSION": "2.19.1"}) == "2.19.1"
+    with pytest.raises(NodeError, match="supported versions"):
+        default_version({"LTRR_OPENSEARCH_VERSION": "1.0"})
