@@ -409,7 +409,7 @@ def _pipeline(index: str, with_encoder: bool = True, fusion: str = "rrf"):
 
 @main.command("search")
 @click.argument("query")
-@click.option("--index", default="synthetic-music", show_default=True, help="Catalogue alias.")
+@click.option("--index", default="synthetic_music", show_default=True, help="Catalogue alias.")
 @click.option("--strategies", default=None, help="Comma-separated strategies (default: all).")
 @click.option("--budget", type=int, default=50, show_default=True, help="Candidates per strategy.")
 @click.option("--size", type=int, default=10, show_default=True)
@@ -527,6 +527,28 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
             f.write(to_json(summaries, {"dataset": dataset.spec.name, "split": split, "index": alias,
                                         "budget": budget, "queries": len(queries)}))
         console.print(f"wrote {out}")
+
+
+@main.command("demo")
+@click.option("--docs", type=int, default=20_000, show_default=True, help="Synthetic catalogue size.")
+@click.option("--queries", type=int, default=300, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+def demo(docs: int, queries: int, seed: int) -> None:
+    """The main job end to end on a synthetic music catalogue (no data files needed)."""
+    from .demo import run_demo
+
+    def ensure_node() -> None:
+        local = _local_node(None, None)
+        if local.running_pid() and local.info() is not None:
+            return
+        try:
+            info = local.start(log=lambda s: err.print(f"[dim]{s}[/]", highlight=False))
+        except NodeError as e:
+            _fail(str(e))
+        else:
+            console.print(f"OpenSearch {info.version} is up at {info.url}")
+
+    run_demo(console, docs=docs, queries=queries, seed=seed, ensure_node=ensure_node)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""Benchmark: `ltrr load` with precomputed vectors vs a bare opensearch-py parallel_bulk.
+
+Both index the same documents (synthetic catalogue rows with a precomputed 384-d embedding) into
+a fresh index built from the same template, with the same chunk size and thread count. The
+baseline gets ready-made documents in memory; ltrr reads, validates and converts the JSONL file
+and checks the count at the end, so the ratio shows what that safety costs. Goal: >= 0.8x.
+
+    python scripts/bench_load.py [--docs 20000] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from opensearchpy import helpers
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orchestrator.catalog import BulkOptions, IndexTemplate, drop, load_dataset, to_document  # noqa: E402
+from orchestrator.client import make_client  # noqa: E402
+from orchestrator.datasets import Dataset  # noqa: E402
+from orchestrator.synthetic import write_synthetic  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--docs", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--chunk-size", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    console = Console()
+    client = make_client(timeout_s=120)
+    rng = np.random.default_rng(0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "bench"
+        write_synthetic(root, args.docs, 10, seed=3)
+        # Attach precomputed unit vectors so neither side encodes.
+        rows = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines() if line.strip()]
+        vectors = rng.normal(size=(len(rows), 384)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        with open(root / "corpus.jsonl", "w") as f:
+            for row, vec in zip(rows, vectors):
+                row["embedding"] = [round(float(x), 6) for x in vec]
+                f.write(json.dumps(row) + "\n")
+        dataset = Dataset.open(root)
+        template = IndexTemplate.load("catalog")
+        prepared = []
+        for item in dataset.iter_corpus():
+            doc = to_document(item, dataset.spec, "2026-01-01T00:00:00Z")
+            doc["embedding"] = list(item.fields["embedding"])
+            prepared.append((item.id, doc))
+
+        baseline_rates, ltrr_rates = [], []
+        for _ in range(args.repeat):
+            # Baseline: parallel_bulk of in-memory documents.
+            index = f"bench-baseline-{uuid.uuid4().hex[:6]}"
+            body = template.body(dataset.spec)
+            body["settings"].setdefault("index", {})["refresh_interval"] = "-1"
+            client.indices.create(index=index, body=body)
+            t0 = time.perf_counter()
+            actions = ({"_index": index, "_id": i, "_source": d} for i, d in prepared)
+            ok = sum(1 for success, _ in helpers.parallel_bulk(client, actions, thread_count=args.threads,
+                                                              chunk_size=args.chunk_size, request_timeout=120) if success)
+            client.indices.refresh(index=index)
+            baseline_rates.append(ok / (time.perf_counter() - t0))
+            client.indices.delete(index=index)
+
+            alias = f"bench-ltrr-{uuid.uuid4().hex[:6]}"
+            t0 = time.perf_counter()
+            report = load_dataset(client, dataset, alias=alias, embed=False,
+                                  options=BulkOptions(chunk_size=args.chunk_size, threads=args.threads))
+            ltrr_rates.append(report.accepted / (time.perf_counter() - t0))
+            assert report.accepted == len(prepared) == report.docs_in_index
+            drop(client, alias)
+
+    b, o = float(np.median(baseline_rates)), float(np.median(ltrr_rates))
+    table = Table("loader", "docs/s (median of %d)" % args.repeat, "ratio", "goal", title=f"{args.docs} docs with vectors")
+    table.add_row("parallel_bulk (baseline, in-memory docs)", f"{b:.0f}", "1.00", "")
+    table.add_row("ltrr load (read + validate + convert + bulk + count check)", f"{o:.0f}", f"{o / b:.2f}",
+                  "[green]>= 0.80 ok[/]" if o / b >= 0.8 else "[red]>= 0.80 missed[/]")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
