@@ -289,7 +289,7 @@ def maven_fetch(artifact: str, dest: Path, *, mvn: str | None = None) -> Path:
         cmd[1:1] = extra.split()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
     parts = artifact.split(":")
-    group, name, version = parts[0], parts[1], parts[2]
+    name, version = parts[1], parts[2]
     ext = parts[3] if len(parts) > 3 else "jar"
     path = dest / f"{name}-{version}.{ext}"
     if proc.returncode != 0 or not path.exists():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 
 import pytest
 
@@ -284,18 +283,13 @@ def test_fused_types_are_frozen():
         hit.score = 1.0  # type: ignore[misc]
 
 
-def test_kernel_stays_lean_for_five_strategies_of_one_hundred():
+def test_five_strategies_of_one_hundred_fuse_to_the_requested_limit():
+    # Speed is measured by scripts/bench_search.py, not asserted here.
     rng = random.Random(1)
     results = [
         StrategyResult(f"s{s}", tuple(Hit(f"d{rng.randrange(300)}", i + 1, rng.random()) for i in range(100)), budget=100)
         for s in range(5)
     ]
-    best = math.inf
-    for _ in range(5):
-        start = time.perf_counter()
-        fused = reciprocal_rank_fusion(results, limit=100)
-        best = min(best, time.perf_counter() - start)
+    fused = reciprocal_rank_fusion(results, limit=100)
     assert len(fused) == 100
-    # The whole orchestrator has ~3 ms; fusion takes well under 1 ms. The bound is loose so a
-    # busy CI machine does not fail it, but a quadratic kernel would.
-    assert best < 0.015
+    assert [h.score for h in fused] == sorted((h.score for h in fused), reverse=True)
