@@ -538,9 +538,12 @@ def demo(docs: int, queries: int, seed: int) -> None:
     from .demo import run_demo
 
     def ensure_node() -> None:
+        from .node import cluster_answers
+
+        settings = _settings()
+        if cluster_answers(settings.url):
+            return  # an OpenSearch already answers there (ours or not): use it
         local = _local_node(None, None)
-        if local.running_pid() and local.info() is not None:
-            return
         try:
             info = local.start(log=lambda s: err.print(f"[dim]{s}[/]", highlight=False))
         except NodeError as e:

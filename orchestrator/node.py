@@ -687,6 +687,12 @@ def _port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def cluster_answers(url: str, timeout: float = 3.0) -> bool:
+    """Whether an OpenSearch answers at ``url`` (plain HTTP, no auth: the local case)."""
+    root = _get_json(url.rstrip("/") + "/", timeout=timeout)
+    return bool(root and "version" in root and "cluster_name" in root)
+
+
 def _get_json(url: str, timeout: float) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
