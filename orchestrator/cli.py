@@ -529,6 +529,49 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
         console.print(f"wrote {out}")
 
 
+@main.group()
+def dataset() -> None:
+    """BEIR-layout datasets: generate the synthetic catalogue, check a directory.
+    Converters for Cranfield, Spotify and Icecat are in scripts/convert_*.py."""
+
+
+@dataset.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--docs", type=int, default=100_000, show_default=True)
+@click.option("--queries", type=int, default=2_000, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+def dataset_synth(out: str, docs: int, queries: int, seed: int) -> None:
+    """Write the deterministic synthetic music catalogue (BEIR layout) to OUT."""
+    from pathlib import Path
+
+    from .synthetic import write_synthetic
+
+    if docs < 1 or queries < 0:
+        _fail("--docs must be >= 1 and --queries >= 0", 2)
+    summary = write_synthetic(Path(out), docs, queries, seed)
+    console.print(f"wrote {out}: {summary.get('docs', docs)} documents, {summary.get('queries', queries)} queries, "
+                  f"{summary.get('qrels', '?')} qrels")
+
+
+@dataset.command("check")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+def dataset_check(root: str) -> None:
+    """Read a dataset once and report counts and bad rows (file:line: reason)."""
+    import json as jsonlib
+
+    from .datasets import Dataset, DatasetSpecError
+
+    try:
+        report = Dataset.open(root).check()
+    except DatasetSpecError as e:
+        _fail(str(e), 2)
+        return
+    click.echo(jsonlib.dumps(report, indent=2, default=str))
+    splits = report.get("splits", {}).values()
+    if report.get("corpus_errors") or report.get("query_errors") or any(s["errors"] or s["dangling"] for s in splits):
+        sys.exit(1)
+
+
 @main.command("demo")
 @click.option("--docs", type=int, default=20_000, show_default=True, help="Synthetic catalogue size.")
 @click.option("--queries", type=int, default=300, show_default=True)
