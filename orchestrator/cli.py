@@ -291,8 +291,9 @@ def index_drop(name: str, version: int | None, yes: bool) -> None:
 @click.option("--allow-errors", is_flag=True, help="Exit 0 even when rows were rejected.")
 @click.option("--chunk-size", type=int, default=500, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True, help="Bulk requests in flight.")
+@click.option("--no-merge", is_flag=True, help="Skip the force-merge to one segment before serving.")
 def load(dataset_dir: str, alias: str | None, limit: int | None, no_embed: bool, allow_errors: bool,
-         chunk_size: int, threads: int) -> None:
+         chunk_size: int, threads: int, no_merge: bool) -> None:
     """Load a BEIR-layout DATASET_DIR into a new index version and swap the alias to it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -317,7 +318,7 @@ def load(dataset_dir: str, alias: str | None, limit: int | None, no_embed: bool,
         try:
             report = load_dataset(client, dataset, alias=alias, limit=limit, embed=not no_embed, encoder=encoder,
                                   embedding_cache=cache, options=BulkOptions(chunk_size=chunk_size, threads=threads),
-                                  swap_on_errors=allow_errors,
+                                  swap_on_errors=allow_errors, force_merge=not no_merge,
                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
         except CatalogError as e:
             _fail(str(e))
