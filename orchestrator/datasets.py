@@ -41,6 +41,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import yaml
 
 __all__ = [
@@ -312,9 +313,9 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
                 if raw.strip():
                     yield line_no, None, f"invalid UTF-8: {e.reason} at byte {e.start} of the line"
                 continue
-            text = text.rstrip("\r\n")
-            if not text.strip():
+            if not text or text.isspace():
                 continue
+            text = text.rstrip("\r\n")
             yield line_no, text, None
 
 
@@ -388,6 +389,13 @@ def _check_embedding(v: object, dim: int) -> tuple[float, ...] | str:
         return f"field '{EMBEDDING_FIELD}' must be a list of {dim} numbers, got {_tname(v)}"
     if len(v) != dim:
         return f"field '{EMBEDDING_FIELD}' has {len(v)} values, expected {dim}"
+    # Fast path: one C-level conversion. Strings or nested lists give a non-numeric dtype, and bools
+    # (which numpy would silently turn into 0/1) are looked for first; the per-item loop below
+    # only runs to explain what is wrong.
+    if not any(type(x) is bool for x in v):
+        arr = np.array(v)
+        if arr.ndim == 1 and arr.dtype.kind in "fi" and np.isfinite(arr).all():
+            return tuple(arr.astype(np.float64).tolist())
     out = []
     for i, x in enumerate(v):
         if not _is_number(x):

@@ -78,7 +78,7 @@ def main() -> None:
 
             alias = f"bench-ltrr-{uuid.uuid4().hex[:6]}"
             t0 = time.perf_counter()
-            report = load_dataset(client, dataset, alias=alias, embed=False,
+            report = load_dataset(client, dataset, alias=alias, embed=False, force_merge=False,
                                   options=BulkOptions(chunk_size=args.chunk_size, threads=args.threads))
             ltrr_rates.append(report.accepted / (time.perf_counter() - t0))
             assert report.accepted == len(prepared) == report.docs_in_index
