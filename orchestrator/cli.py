@@ -13,8 +13,9 @@ from rich.table import Table
 from .config import ConfigError, ConnectionSettings, ltrr_home
 from .node import LocalNode, NodeAlreadyRunning, NodeError, default_version, install
 
-console = Console(stderr=False)
-err = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide console so tables are not truncated at 80 columns.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -516,8 +517,9 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
             union.add(q.id, [h.doc_id for h in resp.hits], qrels[q.id], pool=resp.candidates)
             bar.advance(task)
     summaries = [m.summary() for m in [*systems.values(), union]]
-    table = Table("system", "queries", "nDCG@10", "Recall@100", "MRR", "candidate recall", "empty", "errors",
-                  title=f"{dataset.spec.name} ({split}, {len(queries)} queries, budget {budget}/strategy)")
+    table = Table(title=f"{dataset.spec.name} ({split}, {len(queries)} queries, budget {budget}/strategy)")
+    for column in ("system", "queries", "nDCG@10", "R@100", "MRR", "cand. R", "empty", "errors"):
+        table.add_column(column, no_wrap=True)
     for s in summaries:
         table.add_row(str(s["system"]), str(s["queries"]), f"{s['ndcg@10']:.4f}", f"{s['recall@100']:.4f}",
                       f"{s['mrr']:.4f}", f"{s['candidate_recall']:.4f}" if s["candidate_recall"] is not None else "",
