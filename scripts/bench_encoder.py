@@ -15,7 +15,8 @@ help.
 
     .venv/bin/python scripts/bench_encoder.py [--runs 3] [--threads N] [--quick]
 
-Results depend on what else runs on the machine: close other work first.
+Results depend on what else runs on the machine (the script prints how busy the CPUs were
+before it started): close other work first.
 """
 
 from __future__ import annotations
@@ -106,6 +107,23 @@ def make_descriptions(n: int, seed: int, words: int = 150) -> list[str]:
     return out
 
 
+def cpu_busy_percent(seconds: float = 1.0) -> float | None:
+    """Share of CPU time not idle over a short sample (Linux /proc/stat), else None."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 100.0 * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
 def throughput(encoder: SentenceEncoder, texts: list[str], runs: int) -> tuple[float, list[float]]:
     encoder.encode(texts[:64])  # warm-up, as for the anchor
     seconds = []
@@ -173,16 +191,16 @@ def main(argv: list[str] | None = None) -> int:
 
         blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture')}, {i['num_threads']} threads)"
                 for i in threadpool_info() if i["user_api"] == "blas"]
-        print("BLAS:", ", ".join(blas) or "unknown")
+        print("BLAS:", ", ".join(blas) or "unknown", "- held at 1 thread while the encoder runs")
     except ImportError:
         print("BLAS: threadpoolctl not installed; batches run one at a time")
     print(f"queries: {len(queries)} texts, {q_tokens:.2f} tokens/text (anchor workload {ANCHOR['query_tokens_mean']})")
     print(f"descriptions: {len(descriptions)} texts, {d_tokens:.2f} tokens/text "
           f"(anchor workload {ANCHOR['description_tokens_mean']})")
-    try:
-        print(f"load average before: {os.getloadavg()[0]:.2f}")
-    except OSError:
-        pass
+    busy = cpu_busy_percent()
+    if busy is not None:
+        print(f"CPU busy before the runs (1 s sample, all processes): {busy:.0f}%"
+              + ("  <- other work is running: expect lower numbers" if busy > 10 else ""))
 
     q_rate, q_runs = throughput(encoder, queries, args.runs)
     print("queries runs (s):", " ".join(f"{s:.3f}" for s in q_runs))

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def shared_embeddings_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def encoder() -> SentenceEncoder:
+def encoder() -> Iterator[SentenceEncoder]:
     enc = SentenceEncoder()
     yield enc
     enc.close()
@@ -172,6 +173,15 @@ def test_batch_equals_one_by_one_in_input_order(encoder):
     np.testing.assert_allclose(batched, single, atol=2e-6)
     # the module encoder (batch 32, all CPUs) agrees too
     np.testing.assert_allclose(encoder.encode(texts), single, atol=2e-6)
+
+
+def test_large_inputs_are_chunked_in_order(encoder, monkeypatch):
+    import orchestrator.embeddings as embeddings
+
+    texts = [f"item {i} " + "word " * (i % 11) for i in range(23)] + ["item 3 word word word"]
+    whole = encoder.encode(texts)
+    monkeypatch.setattr(embeddings, "_ENCODE_CHUNK", 5)
+    np.testing.assert_allclose(encoder.encode(texts), whole, atol=2e-6)
 
 
 def test_thread_layouts_agree(encoder):
