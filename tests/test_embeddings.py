@@ -263,10 +263,20 @@ def test_bad_settings_are_rejected():
 
 
 def test_erf_accuracy():
-    z = np.linspace(-6, 6, 200_001).astype(np.float32)
-    exact = np.array([math.erf(float(v)) for v in z])
-    err = np.abs(erf(z).astype(np.float64) - exact)
-    assert err.max() < 1.5e-7, f"max |erf error| {err.max():.3g} at z={z[err.argmax()]}"
+    from orchestrator.embeddings import _GELU_Q
+
+    z = np.linspace(-6, 6, 200_001)
+    exact = np.array([math.erf(v) for v in z])
+    # the approximation itself (float64 arithmetic, the float32 coefficients the encoder uses):
+    # well below Abramowitz-Stegun 7.1.26's 1.5e-7
+    x = z * math.sqrt(2)
+    intrinsic = np.abs(np.tanh(x * np.polyval(np.asarray(_GELU_Q, dtype=np.float64)[::-1], x * x)) - exact)
+    assert intrinsic.max() < 5e-8, f"max |erf error| {intrinsic.max():.3g} at z={z[intrinsic.argmax()]}"
+    # as evaluated in float32 by erf()
+    z32 = z.astype(np.float32)
+    exact32 = np.array([math.erf(float(v)) for v in z32])
+    err = np.abs(erf(z32).astype(np.float64) - exact32)
+    assert err.max() < 2e-7, f"max |erf error| {err.max():.3g} at z={z32[err.argmax()]}"
     assert erf(0.0) == 0.0
     assert erf(np.float32(10.0)) == 1.0 and erf(np.float32(-10.0)) == -1.0
 
@@ -276,7 +286,7 @@ def test_gelu_is_the_exact_erf_gelu():
     xd = x.astype(np.float64)
     exact = 0.5 * xd * (1 + np.array([math.erf(v / math.sqrt(2)) for v in xd]))
     err = np.abs(gelu(x).astype(np.float64) - exact)
-    assert (err <= 1.5e-7 * np.maximum(1.0, np.abs(xd))).all(), f"max error {err.max():.3g}"
+    assert (err <= 2e-7 * np.maximum(1.0, np.abs(xd))).all(), f"max error {err.max():.3g}"
     # the tanh approximation differs by up to ~5e-4: this must not be it
     tanh_gelu = 0.5 * xd * (1 + np.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd**3)))
     assert np.abs(tanh_gelu - exact).max() > 1e-4
