@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from opensearchpy import OpenSearch
 
 from .fusion import FusedHit, StrategyResult, fuse
@@ -104,14 +103,11 @@ class SearchPipeline:
                   filters: Sequence[Mapping[str, Any]] = ()) -> list[StrategyCall]:
         """Parameters for each chosen strategy, from the query's understanding."""
         filters = [dict(f) for f in filters]
-        if vector is not None:
-            # Six decimals keep cosine exact to ~1e-6 and halve the JSON the node must parse.
-            vector = np.round(np.asarray(vector, dtype=np.float64), 6).tolist()
         slot_clauses = [{"term": {s.field: {"value": s.value, "boost": 1.0 + s.confidence}}} for s in u.slots]
         values_by_plan: dict[str, dict[str, Any]] = {
             "bm25_popularity": {"query": u.normalized, "filters": filters},
             "structured": {"remaining": u.remaining_text, "slot_clauses": slot_clauses, "filters": filters},
-            "knn": {"vector": list(vector) if vector is not None else None, "filters": filters},
+            "knn": {"vector": vector, "filters": filters},
             "q2e_memory": {"key": u.key if u.normalized else "", "filters": filters},
             "fuzzy": {"query": u.normalized, "filters": filters},
         }
@@ -122,7 +118,7 @@ class SearchPipeline:
             if values is None and plan is not None:
                 # A plan added by a YAML file alone gets whatever of the common inputs it declares.
                 common = {"query": u.normalized, "remaining": u.remaining_text, "key": u.key,
-                          "vector": list(vector) if vector is not None else None, "filters": filters,
+                          "vector": vector, "filters": filters,
                           "slot_clauses": slot_clauses}
                 declared = {p.name for p in plan.params}
                 values = {k: v for k, v in common.items() if k in declared}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
@@ -95,15 +96,18 @@ class ParamSpec:
         if t == "vector":
             if value is None or len(value) == 0:
                 return []
+            if isinstance(value, str) or any(isinstance(x, (str, bool)) for x in value[:1]):
+                raise ParamError(f"{self.name}: expected a list of numbers")
             try:
-                vec = [float(x) for x in value]
+                arr = np.asarray(value, dtype=np.float64)
             except (TypeError, ValueError):
                 raise ParamError(f"{self.name}: expected a list of numbers") from None
-            if self.dimension and len(vec) != self.dimension:
-                raise ParamError(f"{self.name}: expected {self.dimension} numbers, got {len(vec)}")
-            if not all(math.isfinite(x) for x in vec):
+            if arr.ndim != 1 or (self.dimension and arr.size != self.dimension):
+                raise ParamError(f"{self.name}: expected {self.dimension or 'a list of'} numbers, got shape {arr.shape}")
+            if not np.isfinite(arr).all():
                 raise ParamError(f"{self.name}: vector has non-finite values")
-            return vec
+            # Six decimals keep cosine exact to ~1e-6 and halve the JSON the node must parse.
+            return np.round(arr, 6).tolist()
         if t == "key":
             if value in (None, ""):
                 return ""
