@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import orjson
 from opensearchpy import OpenSearch
+from opensearchpy.exceptions import SerializationError
+from opensearchpy.serializer import JSONSerializer
 
 from .config import ConnectionSettings
+
+
+class FastJSONSerializer(JSONSerializer):
+    """The client's JSON through orjson: bulk bodies and query vectors are mostly floats, which
+    orjson writes and reads several times faster than the standard library."""
+
+    _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+    def dumps(self, data):
+        if isinstance(data, str):
+            return data
+        try:
+            return orjson.dumps(data, default=self.default, option=self._OPTIONS).decode()
+        except TypeError:  # e.g. integers beyond 64 bits: the standard library copes
+            return super().dumps(data)
+
+    def loads(self, s):
+        try:
+            return orjson.loads(s)
+        except orjson.JSONDecodeError as e:
+            raise SerializationError(s, e) from None
 
 
 def make_client(settings: ConnectionSettings | None = None, *, timeout_s: float | None = None) -> OpenSearch:
@@ -20,6 +44,7 @@ def make_client(settings: ConnectionSettings | None = None, *, timeout_s: float 
         "max_retries": s.max_retries,
         "retry_on_timeout": True,
         "http_compress": False,
+        "serializer": FastJSONSerializer(),
     }
     if s.user is not None:
         kwargs["http_auth"] = (s.user, s.password)

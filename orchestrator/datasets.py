@@ -42,6 +42,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import orjson
 import yaml
 
 __all__ = [
@@ -330,9 +331,16 @@ def _count_nonblank(path: Path) -> int:
 
 def _parse_object(path: str, line_no: int, text: str) -> dict[str, Any] | RowError:
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return RowError(path, line_no, f"invalid JSON: {e.msg} at column {e.colno}")
+        obj = orjson.loads(text)  # fast on long float arrays
+    except orjson.JSONDecodeError:
+        # The slow path only for rows orjson refuses: the standard library accepts the NaN and
+        # Infinity that Python writers emit, so the checks below can name the field instead.
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            return RowError(path, line_no, f"invalid JSON: {e.msg} at column {e.colno}")
+        except RecursionError:
+            return RowError(path, line_no, "invalid JSON: nested too deeply")
     except RecursionError:
         return RowError(path, line_no, "invalid JSON: nesting too deep")
     if not isinstance(obj, dict):

@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--budget", type=int, default=50)
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=150)
     client = make_client()
     if not client.indices.exists(index=args.index):
         sys.exit(f"no index {args.index!r}: run `ltrr demo` (or ltrr load) first")
