@@ -363,6 +363,24 @@ def _parse_id(obj: Mapping[str, Any]) -> str:
     return s
 
 
+def _iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any], str] | RowError]:
+    """(line, object, id) for each JSONL row that is an object with a usable ``_id``, else the
+    RowError saying why not."""
+    sp = str(path)
+    for line_no, text, err in _iter_lines(path):
+        if err is not None:
+            yield RowError(sp, line_no, err)
+            continue
+        obj = _parse_object(sp, line_no, text)
+        if isinstance(obj, RowError):
+            yield obj
+            continue
+        try:
+            yield line_no, obj, _parse_id(obj)
+        except ValueError as e:
+            yield RowError(sp, line_no, str(e))
+
+
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -524,20 +542,11 @@ class Dataset:
         numeric = spec.numeric
         popularity = spec.popularity
         seen: set[str] = set()
-        for line_no, text, err in _iter_lines(path):
-            if err is not None:
-                yield RowError(sp, line_no, err)
+        for item in _iter_objects(path):
+            if isinstance(item, RowError):
+                yield item
                 continue
-            assert text is not None
-            obj = _parse_object(sp, line_no, text)
-            if isinstance(obj, RowError):
-                yield obj
-                continue
-            try:
-                doc_id = _parse_id(obj)
-            except ValueError as e:
-                yield RowError(sp, line_no, str(e))
-                continue
+            line_no, obj, doc_id = item
             reason = None
             title = obj.get("title", "")
             body = obj.get("text", "")
@@ -596,20 +605,11 @@ class Dataset:
         path = self.queries_path
         sp = str(path)
         seen: set[str] = set()
-        for line_no, text, err in _iter_lines(path):
-            if err is not None:
-                yield RowError(sp, line_no, err)
+        for item in _iter_objects(path):
+            if isinstance(item, RowError):
+                yield item
                 continue
-            assert text is not None
-            obj = _parse_object(sp, line_no, text)
-            if isinstance(obj, RowError):
-                yield obj
-                continue
-            try:
-                qid = _parse_id(obj)
-            except ValueError as e:
-                yield RowError(sp, line_no, str(e))
-                continue
+            line_no, obj, qid = item
             qtext = obj.get("text")
             if "text" not in obj:
                 yield RowError(sp, line_no, f"_id {qid!r}: missing text")

@@ -79,45 +79,29 @@ def main() -> None:
 
         stock = OpenSearch(hosts=[ConnectionSettings.from_env().url], timeout=120)  # stdlib json serializer
         baseline_rates, stream_rates, ltrr_rates, stock_rates = [], [], [], []
-        for _ in range(args.repeat):
-            index = f"bench-stock-{uuid.uuid4().hex[:6]}"
+        def bulk_rate(cl, prefix, make_actions):
+            """docs/s of one parallel_bulk run into a fresh index from the same template."""
+            index = f"{prefix}-{uuid.uuid4().hex[:6]}"
             body = template.body(dataset.spec)
             body["settings"].setdefault("index", {})["refresh_interval"] = "-1"
-            stock.indices.create(index=index, body=body)
+            cl.indices.create(index=index, body=body)
             t0 = time.perf_counter()
-            actions = ({"_index": index, "_id": i, "_source": d} for i, d in prepared)
-            ok = sum(1 for success, _ in helpers.parallel_bulk(stock, actions, thread_count=args.threads,
-                                                              chunk_size=args.chunk_size, request_timeout=120) if success)
-            stock.indices.refresh(index=index)
-            stock_rates.append(ok / (time.perf_counter() - t0))
-            stock.indices.delete(index=index)
-
-            index = f"bench-stream-{uuid.uuid4().hex[:6]}"
-            body = template.body(dataset.spec)
-            body["settings"].setdefault("index", {})["refresh_interval"] = "-1"
-            client.indices.create(index=index, body=body)
-            t0 = time.perf_counter()
-            ok = sum(1 for success, _ in helpers.parallel_bulk(client, stream_actions(index), thread_count=args.threads,
+            ok = sum(1 for success, _ in helpers.parallel_bulk(cl, make_actions(index), thread_count=args.threads,
                                                               chunk_size=args.chunk_size, request_timeout=120,
                                                               raise_on_error=False) if success)
-            client.indices.refresh(index=index)
-            stream_rates.append(ok / (time.perf_counter() - t0))
-            assert ok == len(prepared), ok
-            client.indices.delete(index=index)
+            cl.indices.refresh(index=index)
+            rate = ok / (time.perf_counter() - t0)
+            cl.indices.delete(index=index)
+            assert ok == len(prepared), f"{prefix}: {ok} of {len(prepared)} indexed"
+            return rate
 
-            # Baseline: parallel_bulk of in-memory documents.
-            index = f"bench-baseline-{uuid.uuid4().hex[:6]}"
-            body = template.body(dataset.spec)
-            body["settings"].setdefault("index", {})["refresh_interval"] = "-1"
-            client.indices.create(index=index, body=body)
-            t0 = time.perf_counter()
-            actions = ({"_index": index, "_id": i, "_source": d} for i, d in prepared)
-            ok = sum(1 for success, _ in helpers.parallel_bulk(client, actions, thread_count=args.threads,
-                                                              chunk_size=args.chunk_size, request_timeout=120) if success)
-            client.indices.refresh(index=index)
-            baseline_rates.append(ok / (time.perf_counter() - t0))
-            client.indices.delete(index=index)
+        def in_memory(index):
+            return ({"_index": index, "_id": i, "_source": d} for i, d in prepared)
 
+        for _ in range(args.repeat):
+            stock_rates.append(bulk_rate(stock, "bench-stock", in_memory))
+            stream_rates.append(bulk_rate(client, "bench-stream", stream_actions))
+            baseline_rates.append(bulk_rate(client, "bench-baseline", in_memory))
             alias = f"bench-ltrr-{uuid.uuid4().hex[:6]}"
             t0 = time.perf_counter()
             report = load_dataset(client, dataset, alias=alias, embed=False, force_merge=False,
