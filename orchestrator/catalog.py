@@ -159,6 +159,7 @@ def swap_alias(client: OpenSearch, alias: str, index: str) -> None:
             if current != index:
                 actions.insert(0, {"remove": {"index": current, "alias": alias}})
     client.indices.update_aliases(body={"actions": actions})
+    _mark_served(client, index)
 
 
 def drop(client: OpenSearch, alias: str, version: int | None = None) -> list[str]:
@@ -243,6 +244,7 @@ class LoadReport:
     seconds: float = 0.0
     swapped: bool = False
     size_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def docs_per_second(self) -> float:
@@ -299,6 +301,11 @@ class BulkWriter:
                     self._backoff(backoff)
                     backoff = min(backoff * 2, self.options.max_backoff_s)
                     continue
+                if len(pending) > 1:
+                    # One bad document can make OpenSearch refuse the whole request (e.g. an _id
+                    # over 512 bytes): bisect so the good ones still go in and the bad one is named.
+                    half = len(pending) // 2
+                    return self._send(pending[:half]) + self._send(pending[half:])
                 return self._reject_all(pending, f"bulk request rejected: {e}")
             retry: list[tuple[str, dict, int]] = []
             ok = 0
@@ -387,6 +394,11 @@ def load_dataset(
     """
     spec = dataset.spec
     alias = check_alias(alias or default_alias(spec.name))
+    if not dataset.corpus_path.is_file():
+        raise CatalogError(f"{dataset.corpus_path} does not exist")
+    if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
+        raise CatalogError(f"{alias!r} is an index, not an alias; ltrr serves catalogues through aliases "
+                           f"({alias} -> {alias}-v<N>). Load under another name or delete that index.")
     t0 = time.monotonic()
     index = create_version(client, alias, "catalog", spec, for_bulk=True)
     report = LoadReport(alias, index)
@@ -454,28 +466,54 @@ def load_dataset(
         if report.docs_in_index != report.accepted:
             raise CatalogError(f"{index} holds {report.docs_in_index} documents but {report.accepted} rows were "
                                "accepted; not swapping the alias")
-        if swap_on_errors or not report.rejected:
-            swap_alias(client, alias, index)
-            report.swapped = True
-            _prune(client, alias, keep_versions)
         stats = client.indices.stats(index=index, metric="store")
         report.size_bytes = int(stats["indices"][index]["total"]["store"]["size_in_bytes"])
+        swap = (swap_on_errors or not report.rejected) and report.accepted > 0
+        if swap:
+            swap_alias(client, alias, index)
+            report.swapped = True
     except BaseException:
-        # Interrupted or failed: the previous version keeps serving; remove the partial one.
+        # Interrupted or failed before the swap: the previous version keeps serving; remove the
+        # partial one. (Nothing below this block may delete the new index: it may be serving.)
         try:
-            client.indices.delete(index=index, params={"ignore_unavailable": "true"})
+            serving = client.indices.exists_alias(name=alias, index=index)
+            if not serving:
+                client.indices.delete(index=index, params={"ignore_unavailable": "true"})
         except Exception:
             pass
         raise
+    if report.swapped:
+        try:
+            _prune(client, alias, keep_versions)
+        except Exception as e:  # pruning is housekeeping: the load itself succeeded
+            report.warnings.append(f"could not remove old versions of {alias}: {e}")
+    elif report.accepted == 0:
+        report.warnings.append("no rows were accepted; the alias was not moved")
     report.seconds = time.monotonic() - t0
     return report
 
 
+def _mark_served(client: OpenSearch, index: str) -> None:
+    """Record in the mapping's _meta that this version has served, so pruning keeps versions
+    worth rolling back to rather than builds that never served (they had rejected rows)."""
+    mapping = client.indices.get_mapping(index=index)[index]["mappings"]
+    meta = dict(mapping.get("_meta", {}))
+    meta["ltrr"] = {**meta.get("ltrr", {}), "served_at": datetime.now(timezone.utc).isoformat()}
+    client.indices.put_mapping(index=index, body={"_meta": meta})
+
+
 def _prune(client: OpenSearch, alias: str, keep: int) -> None:
+    """Keep the serving version and the ``keep - 1`` newest versions that served before it; delete
+    older served versions and builds that never served."""
     versions = [v for v in list_versions(client, alias) if not v.serving]
-    keep_old = max(keep - 1, 0)
-    for v in versions[: max(len(versions) - keep_old, 0)]:
-        client.indices.delete(index=v.index)
+    if not versions:
+        return
+    mappings = client.indices.get_mapping(index=",".join(v.index for v in versions))
+    served = [v for v in versions if mappings[v.index]["mappings"].get("_meta", {}).get("ltrr", {}).get("served_at")]
+    keep_set = {v.index for v in served[len(served) - max(keep - 1, 0):]} if keep > 1 else set()
+    for v in versions:
+        if v.index not in keep_set:
+            client.indices.delete(index=v.index)
 
 
 def _embed(texts: Sequence[str], encoder: Any, cache: Any) -> tuple[list, int]:

@@ -8,6 +8,7 @@ import time
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import ConfigError, ConnectionSettings, ltrr_home
@@ -19,7 +20,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     sys.exit(code)
 
 
@@ -71,9 +72,9 @@ def node_start(port: int | None, heap_mb: int | None, timeout: float) -> None:
     local = _local_node(port, heap_mb)
     t0 = time.monotonic()
     try:
-        info = local.start(timeout_s=timeout, log=lambda s: err.print(f"[dim]{s}[/]", highlight=False))
+        info = local.start(timeout_s=timeout, log=lambda s: err.print(f"[dim]{escape(s)}[/]", highlight=False))
     except NodeAlreadyRunning as e:
-        console.print(f"[yellow]{e}[/]")
+        console.print(f"[yellow]{escape(str(e))}[/]")
         return
     except NodeError as e:
         _fail(str(e))
@@ -159,26 +160,30 @@ def node_install() -> None:
     """Fetch and assemble the node without starting it (what `start` does the first time)."""
     try:
         report = install(default_version(),
-                         log=lambda s: err.print(f"[dim]{s}[/]", highlight=False))
+                         log=lambda s: err.print(f"[dim]{escape(s)}[/]", highlight=False))
     except NodeError as e:
         _fail(str(e))
         return
     console.print(f"installed at {report.home}; plugins: {', '.join(report.plugins)}")
     for name, why in report.missing_optional.items():
-        err.print(f"[yellow]warning:[/] {name}: {why}")
+        err.print(f"[yellow]warning:[/] {name}: {escape(why)}")
 
 
 @node.command("reinstall")
 def node_reinstall() -> None:
     """Rebuild the distribution folder (e.g. after setting LTRR_LTR_PLUGIN_ZIP). Data is kept."""
-    import shutil
-
-    version = default_version()
     local = _local_node(None, None)
     if local.running_pid():
         _fail("stop the node first: ltrr node stop")
-    shutil.rmtree(ltrr_home() / "opensearch" / version, ignore_errors=True)
-    node_install.callback()  # type: ignore[misc]
+    try:
+        # Built aside and swapped in only when complete: a failed download keeps the old install.
+        report = install(local.version, force=True, log=lambda s: err.print(f"[dim]{escape(s)}[/]", highlight=False))
+    except NodeError as e:
+        _fail(str(e))
+        return
+    console.print(f"reinstalled at {report.home}; plugins: {', '.join(report.plugins)}")
+    for name, why in report.missing_optional.items():
+        err.print(f"[yellow]warning:[/] {name}: {escape(why)}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,7 +308,8 @@ def load(dataset_dir: str, alias: str | None, limit: int | None, no_embed: bool,
 
     try:
         dataset = Dataset.open(dataset_dir)
-    except (DatasetSpecError, FileNotFoundError) as e:
+        options = BulkOptions(chunk_size=chunk_size, threads=threads)
+    except (DatasetSpecError, FileNotFoundError, ValueError) as e:
         _fail(str(e), 2)
         return
     encoder = cache = None
@@ -318,14 +324,14 @@ def load(dataset_dir: str, alias: str | None, limit: int | None, no_embed: bool,
         task = bar.add_task(f"loading {dataset.spec.name}", total=None)
         try:
             report = load_dataset(client, dataset, alias=alias, limit=limit, embed=not no_embed, encoder=encoder,
-                                  embedding_cache=cache, options=BulkOptions(chunk_size=chunk_size, threads=threads),
+                                  embedding_cache=cache, options=options,
                                   swap_on_errors=allow_errors, force_merge=not no_merge,
                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
         except CatalogError as e:
             _fail(str(e))
             return
     for error in report.rejected[:20]:
-        err.print(f"[red]rejected[/] {error}", highlight=False)
+        err.print(f"[red]rejected[/] {escape(str(error))}", highlight=False)
     if len(report.rejected) > 20:
         err.print(f"... and {len(report.rejected) - 20} more rejected rows")
     table = Table(show_header=False, box=None)
@@ -384,7 +390,7 @@ def plans_sync() -> None:
     results = sync_plans(_client(), _plans())
     table = Table("strategy", "script id", "stored", "renders")
     for r in results:
-        table.add_row(r.plan, r.script_id, "new" if r.created else "already", "ok" if r.rendered_ok else f"[red]{r.error}[/]")
+        table.add_row(r.plan, r.script_id, "new" if r.created else "already", "ok" if r.rendered_ok else f"[red]{escape(str(r.error))}[/]")
     console.print(table)
     if not all(r.rendered_ok for r in results):
         sys.exit(1)
@@ -445,18 +451,18 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
         return
     if explain:
         u = resp.understanding
-        console.print(f"[bold]query[/] {u.normalized!r}  key {u.key}  tokens {list(u.tokens)}")
-        console.print("[bold]slots[/] " + (", ".join(f"{s.field}={s.value!r} ({s.confidence:.2f})" for s in u.slots) or "-")
-                      + f"  remaining {u.remaining_text!r}")
+        console.print(f"[bold]query[/] {escape(repr(u.normalized))}  key {u.key}  tokens {escape(str(list(u.tokens)))}")
+        slots = ", ".join(f"{s.field}={s.value!r} ({s.confidence:.2f})" for s in u.slots) or "-"
+        console.print(f"[bold]slots[/] {escape(slots)}  remaining {escape(repr(u.remaining_text))}")
         st = Table("strategy", "budget", "hits", "took ms", "status")
         for r in resp.strategy_results:
             st.add_row(r.strategy, str(r.budget), str(len(r.hits)), f"{r.took_ms:.0f}" if r.took_ms is not None else "-",
-                       f"[yellow]{r.error}[/]" if r.error else "ok")
+                       f"[yellow]{escape(r.error)}[/]" if r.error else "ok")
         console.print(st)
     table = Table("#", "id", "title", "type", "score", "found by (strategy#rank)")
     for i, h in enumerate(resp.hits, start=1):
         src = sources.get(h.doc_id, {})
-        table.add_row(str(i), h.doc_id, str(src.get("title", ""))[:60], str(src.get("entity_type", "")),
+        table.add_row(str(i), escape(h.doc_id), escape(str(src.get("title", ""))[:60]), escape(str(src.get("entity_type", ""))),
                       f"{h.score:.4f}", " ".join(f"{p.strategy}#{p.rank}" for p in h.provenance))
     console.print(table)
     t = resp.timings
@@ -465,7 +471,7 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
                   f"orchestrator {t.orchestrator_ms:.1f} ms)[/]")
     for name, error in resp.errors.items():
         if error != "not applicable to this query":
-            err.print(f"[yellow]{name}:[/] {error}")
+            err.print(f"[yellow]{name}:[/] {escape(error)}")
 
 
 @main.command("evaluate")
@@ -485,12 +491,20 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
     from .evaluate import MetricSums, to_json
     from .pipeline import QueryError
 
-    dataset = Dataset.open(dataset_dir)
+    from .datasets import DatasetSpecError
+
+    try:
+        dataset = Dataset.open(dataset_dir)
+    except (DatasetSpecError, FileNotFoundError) as e:
+        _fail(str(e), 2)
+        return
     alias = alias or default_alias(dataset.spec.name)
     splits = dataset.splits()
     split = split or ("test" if "test" in splits else (splits[0] if splits else None))
     if split is None:
-        _fail(f"{dataset_dir} has no qrels/")
+        _fail(f"{dataset_dir} has no qrels/", 2)
+    if split not in splits:
+        _fail(f"no qrels split {split!r} in {dataset_dir} (have: {', '.join(splits)})", 2)
     qrels = dataset.qrels(split)
     queries = [q for q in dataset.iter_queries() if not isinstance(q, RowError) and q.id in qrels]
     queries = queries[:limit_queries] if limit_queries else queries
@@ -591,7 +605,7 @@ def demo(docs: int, queries: int, seed: int) -> None:
             return  # an OpenSearch already answers there (ours or not): use it
         local = _local_node(None, None)
         try:
-            info = local.start(log=lambda s: err.print(f"[dim]{s}[/]", highlight=False))
+            info = local.start(log=lambda s: err.print(f"[dim]{escape(s)}[/]", highlight=False))
         except NodeError as e:
             _fail(str(e))
         else:

@@ -63,6 +63,7 @@ __all__ = [
 
 EMBEDDING_FIELD = "embedding"
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
+MAX_ID_BYTES = 512  # OpenSearch refuses longer document ids
 RESERVED_FIELDS = frozenset({"_id", "title", "text", EMBEDDING_FIELD})
 
 CORPUS_FILE = "corpus.jsonl"
@@ -360,6 +361,8 @@ def _parse_id(obj: Mapping[str, Any]) -> str:
         raise ValueError("empty _id")
     if any(c in s for c in "\t\r\n"):
         raise ValueError("_id contains a tab or newline")
+    if len(s.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise ValueError(f"_id is longer than {MAX_ID_BYTES} bytes (OpenSearch's limit)")
     return s
 
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
@@ -68,10 +69,10 @@ def run_demo(console: Console, *, docs: int = 20_000, queries: int = 300, seed: 
         shown.add(intent)
         resp = pipe.search(q.text, size=5, understander=understander)
         sources = pipe.fetch_sources([h.doc_id for h in resp.hits])
-        table = Table("#", "title", "type", "found by", "relevant", title=f"{q.text!r}  ({intent})", title_justify="left")
+        table = Table("#", "title", "type", "found by", "relevant", title=escape(f"{q.text!r}  ({intent})"), title_justify="left")
         for i, h in enumerate(resp.hits, 1):
             src = sources.get(h.doc_id, {})
-            table.add_row(str(i), str(src.get("title", h.doc_id))[:50], str(src.get("entity_type", "")),
+            table.add_row(str(i), escape(str(src.get("title", h.doc_id))[:50]), escape(str(src.get("entity_type", ""))),
                           " ".join(f"{p.strategy}#{p.rank}" for p in h.provenance),
                           "✓" if qrels.get(q.id, {}).get(h.doc_id, 0) > 0 else "")
         console.print(table)

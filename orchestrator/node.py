@@ -18,6 +18,7 @@ Layout under ``ltrr_home()``::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -327,10 +328,11 @@ def _descriptor(name: str, description: str, version: str, os_version: str, clas
 
 
 def install(version: str | None = None, *, home_root: Path | None = None,
-            log: Callable[[str], None] = lambda s: None) -> InstallReport:
+            log: Callable[[str], None] = lambda s: None, force: bool = False) -> InstallReport:
     """Assemble the distribution under ``<ltrr_home>/opensearch/<version>`` once; later calls
     return at once (nothing is downloaded twice). Assembly happens in a temp folder renamed into
-    place at the end, so an interrupted install never leaves a half-built home."""
+    place at the end, so an interrupted install never leaves a half-built home; ``force`` rebuilds
+    and replaces a finished home only once the new one is complete."""
     version = version or default_version()
     if version not in DISTRIBUTIONS:
         raise NodeError(f"unknown OpenSearch version {version!r}; supported: {', '.join(DISTRIBUTIONS)}")
@@ -338,7 +340,7 @@ def install(version: str | None = None, *, home_root: Path | None = None,
     root = (home_root or ltrr_home()) / "opensearch"
     home = root / version
     marker = home / ".ltrr-installed.json"
-    if marker.exists():
+    if marker.exists() and not force:
         info = json.loads(marker.read_text())
         return InstallReport(home, plugins=info.get("plugins", []), missing_optional=info.get("missing_optional", {}))
 
@@ -421,7 +423,8 @@ def install(version: str | None = None, *, home_root: Path | None = None,
         launcher.mkdir()
         shutil.copy2(JAVA_SOURCE, launcher / JAVA_SOURCE.name)
         proc = subprocess.run(
-            [str(java.javac), "-proc:none", "-cp", str(build / "lib" / "*"), "-d", str(launcher),
+            # --release: the class must run on any JDK the version accepts, not just this one.
+            [str(java.javac), "-proc:none", "--release", str(dist.min_java), "-cp", str(build / "lib" / "*"), "-d", str(launcher),
              str(launcher / JAVA_SOURCE.name)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise NodeError(f"compiling the launcher failed:\n{proc.stderr[-2000:]}")
@@ -524,6 +527,15 @@ class LocalNode:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self, *, timeout_s: float = 180.0, log: Callable[[str], None] = lambda s: None) -> NodeInfo:
+        """Start the node and wait until it answers, is at least yellow, and is *this* process
+        (not another server that took the port meanwhile). Two concurrent starts serialise on a
+        lock; the second finds the first's node running."""
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.node_dir / ".start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start_locked(timeout_s, log)
+
+    def _start_locked(self, timeout_s: float, log: Callable[[str], None]) -> NodeInfo:
         pid = self.running_pid()
         if pid:
             raise NodeAlreadyRunning(f"a node is already running (pid {pid}) at {self.url}")
@@ -573,8 +585,13 @@ class LocalNode:
                 raise NodeError(f"the node exited during start (code {code}). Last log lines:\n{self.tail(40)}")
             health = _get_json(f"http://127.0.0.1:{self.port}/_cluster/health", timeout=2)
             if health and health.get("status") in ("yellow", "green"):
+                if _answering_pid(self.port) != proc.pid:
+                    self._terminate(proc.pid)
+                    self.state_file.unlink(missing_ok=True)
+                    raise NodeError(f"another server answers on port {self.port}, not the node just started; "
+                                    "stopped ours. Choose another port.")
                 info = self.info()
-                if info is not None:
+                if info is not None and proc.poll() is None:
                     return info
             time.sleep(0.5)
         self._terminate(proc.pid)
@@ -685,6 +702,13 @@ def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _answering_pid(port: int) -> int | None:
+    """The process id the OpenSearch on ``port`` reports for itself."""
+    nodes = _get_json(f"http://127.0.0.1:{port}/_nodes/_local/process", timeout=3) or {}
+    node = next(iter(nodes.get("nodes", {}).values()), {})
+    return node.get("process", {}).get("id")
 
 
 def cluster_answers(url: str, timeout: float = 3.0) -> bool:

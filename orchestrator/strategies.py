@@ -78,8 +78,12 @@ class ParamSpec:
                 raise ParamError(f"{self.name}: expected a string, got {type(value).__name__}")
             return value[: self.max_length] if self.max_length else value
         if t in ("integer", "number"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ParamError(f"{self.name}: expected a finite {t}, got {value!r}")
+            try:
+                finite = math.isfinite(value)
+            except (TypeError, OverflowError):
+                finite = False
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite:
+                raise ParamError(f"{self.name}: expected a finite {t}, got {str(value)[:40]}")
             if t == "integer" and int(value) != value:
                 raise ParamError(f"{self.name}: expected an integer, got {value!r}")
             if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
@@ -94,13 +98,17 @@ class ParamSpec:
                 raise ParamError(f"{self.name}: expected a list of objects")
             return [dict(v) for v in value]
         if t == "vector":
-            if value is None or len(value) == 0:
+            if not isinstance(value, (list, tuple, np.ndarray)):
+                raise ParamError(f"{self.name}: expected a list of numbers, got {type(value).__name__}")
+            if len(value) == 0:
                 return []
-            if isinstance(value, str) or any(isinstance(x, (str, bool)) for x in value[:1]):
+            if not isinstance(value, np.ndarray) and any(isinstance(x, (str, bool, np.bool_)) for x in value):
+                raise ParamError(f"{self.name}: expected a list of numbers")
+            if isinstance(value, np.ndarray) and value.dtype.kind not in "fiu":
                 raise ParamError(f"{self.name}: expected a list of numbers")
             try:
                 arr = np.asarray(value, dtype=np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ParamError(f"{self.name}: expected a list of numbers") from None
             if arr.ndim != 1 or (self.dimension and arr.size != self.dimension):
                 raise ParamError(f"{self.name}: expected {self.dimension or 'a list of'} numbers, got shape {arr.shape}")
@@ -206,6 +214,7 @@ def _parse_param(plan_file: str, name: str, raw: Any) -> ParamSpec:
     return spec
 
 
+_PLAIN_TAG_RE = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
 _TOJSON_RE = re.compile(r"\{\{#toJson\}\}\s*([A-Za-z_][A-Za-z0-9_]*)\s*\{\{/toJson\}\}")
 
 
@@ -227,6 +236,15 @@ def check_template(plan: QueryPlan) -> None:
             raise PlanError(f"{plan.path}: toJson of {name!r} must not be quoted")
         used.add(name)
     rest = _TOJSON_RE.sub(" 0 ", template)
+    # Every other tag must be a plain {{name}}: triple mustaches and {{&name}} skip escaping,
+    # {{=...=}} changes delimiters, partials, comments and sections change the structure.
+    for start in (i for i in range(len(rest)) if rest.startswith("{{", i)):
+        if start > 0 and rest[start - 1] == "{" and not rest.startswith("{{", start - 1):
+            continue  # the second brace of a "{{" already checked
+        if (start > 0 and rest[start - 1] == "{") or not _PLAIN_TAG_RE.match(rest, start):
+            snippet = rest[start:start + 24].split("\n")[0]
+            raise PlanError(f"{plan.path}: unsupported mustache tag at {snippet!r}: only {{{{name}}}} and "
+                            "{{#toJson}}name{{/toJson}} are allowed")
     for m in _TAG_RE.finditer(rest):
         kind, name = m.group(1), m.group(2)
         if kind:
@@ -391,7 +409,7 @@ class StrategyExecutor:
                 continue
             try:
                 params = plan.build_params({**call.params, "size": call.budget}, timeout_ms=call.timeout_ms)
-            except ParamError as e:
+            except (ParamError, TypeError, ValueError) as e:
                 results[i] = StrategyResult(call.plan, (), call.budget, None, f"bad parameters: {e}")
                 continue
             if params is None:

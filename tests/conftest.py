@@ -28,6 +28,13 @@ def shared_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared"
 
 
+def cli_env(opensearch_url: str, **extra: str) -> dict[str, str]:
+    """Environment for `ltrr` subprocesses: the test cluster's URL plus any auth/TLS settings."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(("OPENSEARCH_", "LTRR_"))}
+    env.update({"OPENSEARCH_URL": opensearch_url, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, **extra)
+    return env
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,6 +14,8 @@ from orchestrator.catalog import (BulkOptions, CatalogError, IndexTemplate, crea
                                   load_dataset, swap_alias)
 from orchestrator.datasets import Dataset
 
+from .conftest import cli_env
+
 
 def _write_dataset(root, rows, spec=None, raw_lines=()):
     root.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,7 @@ def test_swap_and_drop_rules(os_client, alias):
 
 def test_cli_load_exit_codes(os_client, opensearch_url, alias, tmp_path):
     ds = _write_dataset(tmp_path / "cli", _rows(3), raw_lines=[b"nope\n"])
-    env = {"OPENSEARCH_URL": opensearch_url, "PATH": "/usr/bin:/bin"}
+    env = cli_env(opensearch_url)
     cmd = [sys.executable, "-m", "orchestrator.cli", "load", str(ds.root), "--index", alias, "--no-embed"]
     failed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1
@@ -140,3 +142,55 @@ def test_cli_load_exit_codes(os_client, opensearch_url, alias, tmp_path):
     allowed = subprocess.run(cmd + ["--allow-errors"], env=env, capture_output=True, text=True, timeout=120)
     assert allowed.returncode == 0, allowed.stderr
     assert os_client.count(index=alias)["count"] == 3
+
+
+def test_failure_before_the_swap_keeps_the_old_version(os_client, alias, tmp_path, monkeypatch):
+    first = load_dataset(os_client, _write_dataset(tmp_path / "a", _rows(20)), alias=alias, encoder=None)
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("stats timed out")
+
+    monkeypatch.setattr(os_client.indices, "stats", broken)
+    with pytest.raises(ConnectionError):
+        load_dataset(os_client, _write_dataset(tmp_path / "b", _rows(30)), alias=alias, encoder=None)
+    monkeypatch.undo()
+    assert [v.index for v in list_versions(os_client, alias)] == [first.index]
+    assert os_client.count(index=alias)["count"] == 20
+
+
+def test_pruning_keeps_versions_that_served(os_client, alias, tmp_path):
+    v1 = load_dataset(os_client, _write_dataset(tmp_path / "a", _rows(5)), alias=alias, encoder=None)
+    bad = load_dataset(os_client, _write_dataset(tmp_path / "b", _rows(5), raw_lines=[b"oops\n"]), alias=alias,
+                       encoder=None)
+    assert not bad.swapped
+    v3 = load_dataset(os_client, _write_dataset(tmp_path / "c", _rows(6)), alias=alias, encoder=None, keep_versions=2)
+    versions = {v.index: v.serving for v in list_versions(os_client, alias)}
+    # The build that never served is gone; the last good version stays for a rollback.
+    assert versions == {v1.index: False, v3.index: True}
+
+
+def test_one_refused_document_does_not_sink_its_chunk(os_client, index_name):
+    from orchestrator.catalog import BulkWriter
+
+    os_client.indices.create(index=index_name, body={"mappings": {"properties": {"t": {"type": "keyword"}}}})
+    writer = BulkWriter(os_client, index_name, BulkOptions(chunk_size=10, threads=1))
+    writer.write([[("a", {"t": "1"}, 1), ("x" * 600, {"t": "2"}, 2), ("b", {"t": "3"}, 3)]])
+    os_client.indices.refresh(index=index_name)
+    assert writer.accepted == 2
+    assert [(doc_id[:3], line) for doc_id, line, _ in writer.rejected] == [("xxx", 2)]
+    assert os_client.count(index=index_name)["count"] == 2
+
+
+def test_empty_load_and_wrong_targets(os_client, alias, index_name, tmp_path):
+    first = load_dataset(os_client, _write_dataset(tmp_path / "a", _rows(3)), alias=alias, encoder=None)
+    empty = load_dataset(os_client, _write_dataset(tmp_path / "e", []), alias=alias, encoder=None,
+                         swap_on_errors=True)
+    assert not empty.swapped and empty.warnings
+    assert [v.index for v in list_versions(os_client, alias) if v.serving] == [first.index]
+    os_client.indices.create(index=index_name)
+    with pytest.raises(CatalogError, match="not an alias"):
+        load_dataset(os_client, _write_dataset(tmp_path / "x", _rows(1)), alias=index_name, encoder=None)
+    (tmp_path / "nocorpus").mkdir()
+    with pytest.raises(CatalogError, match="does not exist"):
+        load_dataset(os_client, Dataset.open(tmp_path / "nocorpus"), alias=alias, encoder=None)
+    assert len(list_versions(os_client, alias)) == 2  # nothing half-built was left behind

@@ -325,3 +325,13 @@ def test_spec_direct_construction_is_validated():
         DatasetSpec(name="x", facets=("_id",))
     with pytest.raises(DatasetSpecError, match="tuple of non-empty strings"):
         DatasetSpec(name="x", facets=["a"])  # type: ignore[arg-type]
+
+
+def test_overlong_id_is_a_row_error(tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "corpus.jsonl").write_text(json.dumps({"_id": "é" * 300, "title": "t", "text": ""}) + "\n"
+                                       + json.dumps({"_id": "ok", "title": "t", "text": ""}) + "\n")
+    items = list(Dataset.open(root).iter_corpus())
+    assert isinstance(items[0], RowError) and "512 bytes" in items[0].reason and items[0].line == 1
+    assert items[1].id == "ok"

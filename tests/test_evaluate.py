@@ -14,7 +14,7 @@ from orchestrator.catalog import drop, load_dataset
 from orchestrator.datasets import Dataset
 from orchestrator.evaluate import MetricSums, ndcg_at_k, recall_at_k, reciprocal_rank
 
-from .conftest import shared_dir
+from .conftest import cli_env, shared_dir
 
 
 def test_metrics_by_hand():
@@ -55,7 +55,7 @@ def test_cli_search_and_evaluate(os_client, opensearch_url, tmp_path):
     ds = _tiny_dataset(tmp_path / "tiny")
     alias = f"ltrr-test-eval-{uuid.uuid4().hex[:8]}"
     load_dataset(os_client, ds, alias=alias, embed=False)
-    env = {"OPENSEARCH_URL": opensearch_url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = cli_env(opensearch_url, HOME=str(tmp_path))
     try:
         out = tmp_path / "eval.json"
         proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "evaluate", str(ds.root), "--index", alias,

@@ -131,3 +131,17 @@ def test_version_choice():
     assert default_version({"LTRR_OPENSEARCH_VERSION": "2.19.1"}) == "2.19.1"
     with pytest.raises(NodeError, match="supported versions"):
         default_version({"LTRR_OPENSEARCH_VERSION": "1.0"})
+
+
+def test_launcher_is_compiled_for_the_minimum_java():
+    """A launcher built by a newer JDK must still run on the oldest JDK the version accepts."""
+    from orchestrator.config import ltrr_home
+    from orchestrator.node import DISTRIBUTIONS
+
+    found = [(v, ltrr_home() / "opensearch" / v / "launcher" / "EmbeddedNode.class") for v in DISTRIBUTIONS]
+    found = [(v, p) for v, p in found if p.exists()]
+    if not found:
+        pytest.skip("no installed node under LTRR_HOME")
+    for version, path in found:
+        major = int.from_bytes(path.read_bytes()[6:8], "big")
+        assert major == DISTRIBUTIONS[version].min_java + 44, (version, major)
