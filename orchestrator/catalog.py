@@ -516,15 +516,11 @@ def _prune(client: OpenSearch, alias: str, keep: int) -> None:
             client.indices.delete(index=v.index)
 
 
-def _embed(texts: Sequence[str], encoder: Any, cache: Any) -> tuple[list, int]:
+def _embed(texts: Sequence[str], encoder: Any, cache: Any) -> tuple[Any, int]:
     """Vectors for ``texts`` and how many came from the cache."""
-    if cache is not None:
-        cached = cache.get_many(texts)
-        misses = [i for i, v in enumerate(cached) if v is None]
-        if misses:
-            fresh = encoder.encode([texts[i] for i in misses])
-            cache.put_many([texts[i] for i in misses], fresh)
-            for i, vec in zip(misses, fresh):
-                cached[i] = vec
-        return list(cached), len(texts) - len(misses)
-    return list(encoder.encode(list(texts))), 0
+    if cache is None:
+        return encoder.encode(list(texts)), 0
+    from .embeddings import encode_cached
+
+    counts: dict[str, int] = {}
+    return encode_cached(encoder, cache, texts, counts=counts), counts.get("cached", len(texts))

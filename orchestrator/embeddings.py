@@ -876,10 +876,12 @@ def encode_cached(
     texts: Sequence[str],
     progress: bool = False,
     chunk_size: int = 4096,
+    counts: dict[str, int] | None = None,
 ) -> np.ndarray:
     """Like ``encoder.encode(texts)``, but reads hits from ``cache`` and encodes only the misses
     (each distinct text once), storing them chunk by chunk so an interrupted run keeps its work.
-    ``progress`` prints ``encoded i/n`` lines to stderr."""
+    ``progress`` prints ``encoded i/n`` lines to stderr; ``counts``, when given, receives how many
+    texts came from the cache (``cached``) and how many distinct ones were encoded (``encoded``)."""
     items = _check_texts(texts)
     if cache.model_id != encoder.model_id:
         raise ValueError(f"cache is for {cache.model_id!r}, encoder is {encoder.model_id!r}")
@@ -896,6 +898,9 @@ def encode_cached(
         else:
             out[i] = vec
     todo = list(misses)
+    if counts is not None:
+        counts["cached"] = len(items) - sum(map(len, misses.values()))
+        counts["encoded"] = len(todo)
     if progress:
         print(f"embeddings: {len(items) - sum(map(len, misses.values()))}/{len(items)} cached, "
               f"{len(todo)} to encode", file=sys.stderr, flush=True)
