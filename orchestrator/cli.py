@@ -430,13 +430,13 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
     import json as jsonlib
 
     from .pipeline import QueryError
+    from .strategies import NOT_APPLICABLE
 
     chosen = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     pipe = _pipeline(index, with_encoder=chosen is None or "knn" in chosen, fusion=fusion)
     names = chosen or list(pipe.plans)
     try:
-        resp = pipe.search(query, budgets={s: budget for s in names} if all(s in pipe.plans for s in names) else None,
-                           strategies=names, size=size)
+        resp = pipe.search(query, budgets={s: budget for s in names}, size=size)
     except QueryError as e:
         _fail(str(e), 2)
         return
@@ -470,7 +470,7 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
                   f"(OpenSearch {t.opensearch_took_ms:.0f} ms, encoder {t.embed_ms:.1f} ms, "
                   f"orchestrator {t.orchestrator_ms:.1f} ms)[/]")
     for name, error in resp.errors.items():
-        if error != "not applicable to this query":
+        if error != NOT_APPLICABLE:
             err.print(f"[yellow]{name}:[/] {escape(error)}")
 
 
@@ -488,8 +488,7 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
 
     from .catalog import default_alias
     from .datasets import Dataset, RowError
-    from .evaluate import MetricSums, to_json
-    from .pipeline import QueryError
+    from .evaluate import evaluate_pipeline, to_json
 
     from .datasets import DatasetSpecError
 
@@ -509,28 +508,12 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
     queries = [q for q in dataset.iter_queries() if not isinstance(q, RowError) and q.id in qrels]
     queries = queries[:limit_queries] if limit_queries else queries
     pipe = _pipeline(alias)
-    names = list(pipe.plans)
-    systems = {name: MetricSums(name) for name in names}
-    union = MetricSums("union (rrf)")
-    understander = pipe.understander()
     vectors = pipe.encoder.encode([q.text for q in queries]) if pipe.encoder is not None and queries else None
     with Progress(console=err) as bar:
         task = bar.add_task(f"evaluating {len(queries)} queries", total=len(queries))
-        for i, q in enumerate(queries):
-            try:
-                resp = pipe.search(q.text, budgets={s: budget for s in names}, size=budget, understander=understander,
-                                   vector=vectors[i] if vectors is not None else None)
-            except QueryError:
-                for m in [*systems.values(), union]:
-                    m.add(q.id, [], qrels[q.id], error=True)
-                bar.advance(task)
-                continue
-            for r in resp.strategy_results:
-                systems[r.strategy].add(q.id, [h.doc_id for h in r.hits], qrels[q.id],
-                                        error=bool(r.error and r.error != "not applicable to this query"))
-            union.add(q.id, [h.doc_id for h in resp.hits], qrels[q.id], pool=resp.candidates)
-            bar.advance(task)
-    summaries = [m.summary() for m in [*systems.values(), union]]
+        evaluation = evaluate_pipeline(pipe, queries, qrels, budget=budget, vectors=vectors,
+                                       on_query=lambda: bar.advance(task))
+    summaries = evaluation.summaries()
     table = Table(title=f"{dataset.spec.name} ({split}, {len(queries)} queries, budget {budget}/strategy)")
     for column in ("system", "queries", "nDCG@10", "R@100", "MRR", "cand. R", "empty", "errors"):
         table.add_column(column, no_wrap=True)

@@ -18,7 +18,7 @@ from .catalog import load_dataset
 from .client import make_client
 from .config import ConnectionSettings, ltrr_home
 from .datasets import Dataset, RowError
-from .evaluate import MetricSums
+from .evaluate import UNION, evaluate_pipeline
 from .pipeline import SearchPipeline
 from .strategies import load_plans, sync_plans
 from .synthetic import write_synthetic
@@ -81,36 +81,20 @@ def run_demo(console: Console, *, docs: int = 20_000, queries: int = 300, seed: 
                       f"{resp.timings.opensearch_took_ms:.0f} ms, total {resp.timings.total_ms:.0f} ms")
 
     console.print(f"[bold]5. evaluating[/] every strategy alone and the fused union on {len(all_queries)} queries")
-    systems = {name: MetricSums(name) for name in plans}
-    union = MetricSums("union (rrf)")
     vectors = encoder.encode([q.text for q in all_queries])
-    by_intent: dict[str, dict[str, MetricSums]] = {}
-    for i, q in enumerate(all_queries):
-        if q.id not in qrels:
-            continue
-        resp = pipe.search(q.text, budgets={s: 100 for s in plans}, size=100, understander=understander,
-                           vector=vectors[i])
-        intent = str(q.fields.get("intent", "all"))
-        per = by_intent.setdefault(intent, {name: MetricSums(name) for name in [*plans, "union (rrf)"]})
-        for r in resp.strategy_results:
-            systems[r.strategy].add(q.id, [h.doc_id for h in r.hits], qrels[q.id])
-            per[r.strategy].add(q.id, [h.doc_id for h in r.hits], qrels[q.id])
-        union.add(q.id, [h.doc_id for h in resp.hits], qrels[q.id], pool=resp.candidates)
-        per["union (rrf)"].add(q.id, [h.doc_id for h in resp.hits], qrels[q.id], pool=resp.candidates)
+    evaluation = evaluate_pipeline(pipe, all_queries, qrels, budget=100, vectors=vectors, group_by="intent")
     table = Table("system", "nDCG@10", "Recall@100", "MRR", "candidate recall", title="all queries")
-    for m in [*systems.values(), union]:
-        s = m.summary()
-        table.add_row(m.name, f"{s['ndcg@10']:.3f}", f"{s['recall@100']:.3f}", f"{s['mrr']:.3f}",
+    for s in evaluation.summaries():
+        table.add_row(str(s["system"]), f"{s['ndcg@10']:.3f}", f"{s['recall@100']:.3f}", f"{s['mrr']:.3f}",
                       f"{s['candidate_recall']:.3f}" if s["candidate_recall"] is not None else "")
     console.print(table)
     table = Table("intent", *plans, "union", title="nDCG@10 by query intent: the best strategy depends on the query")
-    for intent, per in sorted(by_intent.items()):
-        table.add_row(f"{intent} ({per['union (rrf)'].queries})",
-                      *(f"{per[name].summary()['ndcg@10']:.3f}" for name in [*plans, "union (rrf)"]))
+    for intent, per in sorted(evaluation.by_group.items()):
+        table.add_row(f"{intent} ({per[UNION].queries})", *(f"{m.summary()['ndcg@10']:.3f}" for m in per.values()))
     console.print(table)
     result = {"index": report.index, "docs": report.accepted,
-              "systems": [m.summary() for m in [*systems.values(), union]],
-              "by_intent": {k: {n: m.summary() for n, m in v.items()} for k, v in by_intent.items()}}
+              "systems": evaluation.summaries(),
+              "by_intent": {k: {n: m.summary() for n, m in v.items()} for k, v in evaluation.by_group.items()}}
     out = root / "demo_results.json"
     out.write_text(json.dumps(result, indent=2, default=float))
     console.print(f"results: {out}")

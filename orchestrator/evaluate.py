@@ -12,8 +12,9 @@ Queries without any relevant judgement are skipped (as trec_eval does).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,60 @@ class MetricSums:
                 "recall@100": self.recall100 / q, "mrr": self.mrr / q,
                 "candidate_recall": self.pool_recall / q if self.has_pool else None,
                 "errors": self.errors, "empty": self.empty}
+
+
+UNION = "union (rrf)"
+
+
+@dataclass
+class Evaluation:
+    """Metrics of each strategy alone and of the fused union, overall and per query group."""
+
+    systems: dict[str, MetricSums]                                    # strategy (and UNION) -> sums
+    by_group: dict[str, dict[str, MetricSums]] = field(default_factory=dict)
+
+    def summaries(self) -> list[dict]:
+        return [m.summary() for m in self.systems.values()]
+
+
+def evaluate_pipeline(pipe: Any, queries: Sequence[Any], qrels: Mapping[str, Mapping[str, int]], *,
+                      budget: int = 100, vectors: Any = None, group_by: str | None = None,
+                      on_query: Callable[[], None] = lambda: None) -> Evaluation:
+    """Run every judged query through every strategy of ``pipe`` (a SearchPipeline) with ``budget``
+    candidates each; score each strategy's own list and the fused union (its top ``budget`` and,
+    as candidate recall, everything any strategy retrieved). ``vectors[i]`` is query i's embedding
+    when given; ``group_by`` names a query field (e.g. intent) to break the metrics down by."""
+    from .pipeline import QueryError
+    from .strategies import NOT_APPLICABLE
+
+    names = [*pipe.plans, UNION]
+    evaluation = Evaluation({name: MetricSums(name) for name in names})
+    understander = pipe.understander()
+    budgets = {name: budget for name in pipe.plans}
+    for i, q in enumerate(queries):
+        if q.id not in qrels:
+            continue
+        judged = qrels[q.id]
+        group = str(q.fields.get(group_by, "all")) if group_by else None
+        targets = [evaluation.systems]
+        if group is not None:
+            targets.append(evaluation.by_group.setdefault(group, {name: MetricSums(name) for name in names}))
+        try:
+            resp = pipe.search(q.text, budgets=budgets, size=budget, understander=understander,
+                               vector=vectors[i] if vectors is not None else None)
+        except QueryError:
+            for sums in targets:
+                for m in sums.values():
+                    m.add(q.id, [], judged, error=True)
+            on_query()
+            continue
+        for sums in targets:
+            for r in resp.strategy_results:
+                sums[r.strategy].add(q.id, [h.doc_id for h in r.hits], judged,
+                                     error=bool(r.error and r.error != NOT_APPLICABLE))
+            sums[UNION].add(q.id, [h.doc_id for h in resp.hits], judged, pool=resp.candidates)
+        on_query()
+    return evaluation
 
 
 def to_json(summaries: Sequence[dict], meta: Mapping) -> str:

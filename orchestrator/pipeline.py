@@ -104,28 +104,15 @@ class SearchPipeline:
         """Parameters for each chosen strategy, from the query's understanding."""
         filters = [dict(f) for f in filters]
         slot_clauses = [{"term": {s.field: {"value": s.value, "boost": 1.0 + s.confidence}}} for s in u.slots]
-        values_by_plan: dict[str, dict[str, Any]] = {
-            "bm25_popularity": {"query": u.normalized, "filters": filters},
-            "structured": {"remaining": u.remaining_text, "slot_clauses": slot_clauses, "filters": filters},
-            "knn": {"vector": vector, "filters": filters},
-            "q2e_memory": {"key": u.key if u.normalized else "", "filters": filters},
-            "fuzzy": {"query": u.normalized, "filters": filters},
-        }
+        # Every plan, shipped or added by a YAML file alone, takes the inputs it declares.
+        inputs = {"query": u.normalized, "remaining": u.remaining_text, "key": u.key if u.normalized else "",
+                  "vector": vector, "filters": filters, "slot_clauses": slot_clauses}
         calls = []
         for plan_id, budget in budgets.items():
             plan = self.plans.get(plan_id)
-            values = values_by_plan.get(plan_id)
-            if values is None and plan is not None:
-                # A plan added by a YAML file alone gets whatever of the common inputs it declares.
-                common = {"query": u.normalized, "remaining": u.remaining_text, "key": u.key,
-                          "vector": vector, "filters": filters,
-                          "slot_clauses": slot_clauses}
-                declared = {p.name for p in plan.params}
-                values = {k: v for k, v in common.items() if k in declared}
-            if plan is not None:
-                declared = {p.name for p in plan.params}
-                values = {k: v for k, v in (values or {}).items() if k in declared}
-            calls.append(StrategyCall(plan_id, int(budget), values or {}, self.timeout_ms))
+            declared = {p.name for p in plan.params} if plan is not None else set()
+            values = {k: v for k, v in inputs.items() if k in declared}
+            calls.append(StrategyCall(plan_id, int(budget), values, self.timeout_ms))
         return calls
 
     def search(self, query: str, *, strategies: Sequence[str] | None = None,
@@ -145,10 +132,10 @@ class SearchPipeline:
         t1 = time.perf_counter()
         if budgets is None:
             chosen = list(strategies) if strategies else list(self.plans)
-            unknown = [s for s in chosen if s not in self.plans]
-            if unknown:
-                raise QueryError(f"unknown strategies {unknown}; known: {sorted(self.plans)}")
             budgets = {s: DEFAULT_BUDGET for s in chosen}
+        unknown = [s for s in budgets if s not in self.plans]
+        if unknown:
+            raise QueryError(f"unknown strategies {unknown}; known: {sorted(self.plans)}")
         embed_ms = 0.0
         if vector is None and "knn" in budgets and self.encoder is not None:
             te = time.perf_counter()

@@ -39,6 +39,7 @@ _PLAN_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TAG_RE = re.compile(r"\{\{\s*([#^/]?)\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 PARAM_TYPES = ("string", "integer", "number", "boolean", "object_list", "vector", "key")
 TIMEOUT_PARAM = "timeout"
+NOT_APPLICABLE = "not applicable to this query"  # the error of a plan skipped by skip_if_empty
 # Only what _to_result reads: a smaller response is faster to send and to parse.
 MSEARCH_FILTER_PATH = ",".join([
     "took", "responses.took", "responses.timed_out", "responses.status", "responses.error",
@@ -398,7 +399,13 @@ class StrategyExecutor:
         self.plans = dict(plans)
         self.margin_ms = margin_ms
 
-    def run(self, index: str, calls: Sequence[StrategyCall]) -> ExecutionReport:
+    def msearch_body(self, index: str, calls: Sequence[StrategyCall]) -> list[dict]:
+        """The _msearch/template body ``run`` would send (for benchmarks and debugging)."""
+        return self._prepare(index, calls)[1]
+
+    def _prepare(self, index: str, calls: Sequence[StrategyCall]
+                 ) -> tuple[list[StrategyResult | None], list[dict], list[int]]:
+        """Results for the calls that need no request, the body for the others, and their positions."""
         results: list[StrategyResult | None] = [None] * len(calls)
         body: list[dict] = []
         sent: list[int] = []
@@ -413,11 +420,15 @@ class StrategyExecutor:
                 results[i] = StrategyResult(call.plan, (), call.budget, None, f"bad parameters: {e}")
                 continue
             if params is None:
-                results[i] = StrategyResult(call.plan, (), call.budget, None, "not applicable to this query")
+                results[i] = StrategyResult(call.plan, (), call.budget, None, NOT_APPLICABLE)
                 continue
             body.append({"index": index})
             body.append({"id": plan.script_id, "params": params})
             sent.append(i)
+        return results, body, sent
+
+    def run(self, index: str, calls: Sequence[StrategyCall]) -> ExecutionReport:
+        results, body, sent = self._prepare(index, calls)
         t0 = time.perf_counter()
         round_trips = 0
         total_took = 0.0

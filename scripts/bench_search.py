@@ -74,13 +74,7 @@ def main() -> None:
         understand.append(t.understand_ms)
         fusion.append(t.fusion_ms)
         trips.append(resp.round_trips)
-        calls = pipe.calls_for(resp.understanding, vec, budgets)
-        body = []
-        for call in calls:
-            params = plans[call.plan].build_params({**call.params, "size": call.budget}, timeout_ms=1000)
-            if params is not None:
-                body += [{"index": args.index}, {"id": plans[call.plan].script_id, "params": params}]
-        bodies.append(body)
+        bodies.append(pipe.executor.msearch_body(args.index, pipe.calls_for(resp.understanding, vec, budgets)))
 
     base_own, base_took = [], []
     for body in bodies:
