@@ -8,10 +8,10 @@ atomic ``_aliases`` call, so an interrupted or failed load leaves the previous v
 from __future__ import annotations
 
 import copy
-import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -23,10 +23,11 @@ import yaml
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import NotFoundError, TransportError
 
+from .config import ConfigError, index_templates_dir
 from .datasets import CorpusRow, Dataset, DatasetSpec, RowError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 POPULARITY_FLOOR = 1e-3  # rank_feature values must be positive normal floats
+BIG_TEXT_BYTES = 1 << 20  # a title or text over this (UTF-8) is loaded, with a warning in the report
 _VERSION_RE = re.compile(r"^(?P<alias>.+)-v(?P<n>\d+)$")
 _ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,200}$")
 
@@ -36,7 +37,11 @@ class CatalogError(RuntimeError):
 
 
 def templates_dir() -> Path:
-    return Path(os.environ.get("LTRR_INDEX_TEMPLATES", REPO_ROOT / "index_templates"))
+    """``LTRR_INDEX_TEMPLATES``, else the installed ``index_templates/`` (package data)."""
+    try:
+        return index_templates_dir()
+    except ConfigError as e:
+        raise CatalogError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -215,8 +220,7 @@ def to_document(row: CorpusRow, spec: DatasetSpec, loaded_at: str) -> dict[str, 
         pop = float(fields[spec.popularity])
         doc["popularity_raw"] = pop
         doc["popularity"] = max(pop, POPULARITY_FLOOR)
-    else:
-        doc["popularity"] = POPULARITY_FLOOR
+    # No popularity, no field: a popularity boost then adds nothing, instead of a constant.
     return doc
 
 
@@ -269,6 +273,11 @@ class BulkWriter:
 
     Every document ends in exactly one of ``accepted`` or ``rejected`` (with the index's reason);
     nothing is dropped silently.
+
+    This is the only retry layer of a load: give it a client made with
+    ``make_client(..., retries=False)`` (as ``ltrr load`` and the demo do). A retrying client
+    underneath would repeat each attempt up to its own ``max_retries`` times (also on timeouts,
+    each up to ``request_timeout``), multiplying both the attempts and the waits.
     """
 
     RETRY_STATUSES = {429, 502, 503, 504}
@@ -425,11 +434,15 @@ def load_dataset(
                 continue
             yield item
 
+    present: Counter[str] = Counter()  # field -> documents holding a non-empty value
+    big: list[str] = []  # ids of rows with a title or text over BIG_TEXT_BYTES
+
     def documents() -> Iterator[list[tuple[str, dict, int]]]:
         # Batches big enough for efficient encoding, sent as bulk chunks.
         batch_size = max(options.chunk_size, 256)
         for batch in _chunks(rows(), batch_size):
             docs = [to_document(row, spec, loaded_at) for row in batch]
+            big.extend(row.id for row in batch if _big_text(row.title) or _big_text(row.text))
             if embed:
                 need = [i for i, row in enumerate(batch) if "embedding" not in row.fields]
                 for i, row in enumerate(batch):
@@ -445,6 +458,8 @@ def load_dataset(
                 for i, row in enumerate(batch):
                     if "embedding" in row.fields:
                         docs[i]["embedding"] = list(row.fields["embedding"])
+            for doc in docs:
+                present.update(k for k, v in doc.items() if v not in ("", None, []))
             pairs = [(row.id, doc, row.line) for row, doc in zip(batch, docs)]
             yield from _chunks(pairs, options.chunk_size)
 
@@ -457,6 +472,9 @@ def load_dataset(
             # The version is not serving yet: merging now into one segment makes it ~5x smaller
             # (bulk loads leave many segments) and its HNSW graph one graph to search.
             client.indices.forcemerge(index=index, params={"max_num_segments": 1}, request_timeout=3600)
+            # The reader opened by the refresh above still holds the merged-away segments (their
+            # files stay on disk, counted by the store stats, until the next refresh): let go of them.
+            client.indices.refresh(index=index)
         report.accepted = writer.accepted
         report.retries = writer.retries
         for doc_id, line, reason in writer.rejected:
@@ -466,8 +484,9 @@ def load_dataset(
         if report.docs_in_index != report.accepted:
             raise CatalogError(f"{index} holds {report.docs_in_index} documents but {report.accepted} rows were "
                                "accepted; not swapping the alias")
-        stats = client.indices.stats(index=index, metric="store")
-        report.size_bytes = int(stats["indices"][index]["total"]["store"]["size_in_bytes"])
+        report.size_bytes = _live_size(client, index)
+        # Which fields the catalogue really holds, for plans that need one (no titles: no fuzzy arm).
+        _update_meta(client, index, fields_present=dict(present))
         swap = (swap_on_errors or not report.rejected) and report.accepted > 0
         if swap:
             swap_alias(client, alias, index)
@@ -489,17 +508,40 @@ def load_dataset(
             report.warnings.append(f"could not remove old versions of {alias}: {e}")
     elif report.accepted == 0:
         report.warnings.append("no rows were accepted; the alias was not moved")
+    if big:
+        report.warnings.append(
+            f"{len(big)} document(s) have a title or text over {BIG_TEXT_BYTES >> 20} MB (first: "
+            f"{', '.join(repr(i) for i in big[:5])}): loaded whole, which costs memory and time at load and "
+            "search; the embedding reads only their first 256 tokens")
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _big_text(value: str) -> bool:
+    return len(value) * 4 > BIG_TEXT_BYTES and len(value.encode("utf-8", "surrogatepass")) > BIG_TEXT_BYTES
+
+
+def _live_size(client: OpenSearch, index: str) -> int:
+    """Bytes of the primary shards' live segments. Not the store stats: OpenSearch caches those
+    (index.store.stats_refresh_interval, 10 s) and they count files of merged-away segments until
+    Lucene deletes them, which made a reload report about twice the real size."""
+    shards = client.indices.segments(index=index)["indices"][index]["shards"]
+    return sum(seg.get("size_in_bytes", 0) for copies in shards.values() for copy in copies
+               if copy.get("routing", {}).get("primary", True) for seg in copy.get("segments", {}).values())
+
+
+def _update_meta(client: OpenSearch, index: str, **values: Any) -> None:
+    """Merge ``values`` into the index mapping's ``_meta.ltrr``."""
+    mapping = client.indices.get_mapping(index=index)[index]["mappings"]
+    meta = dict(mapping.get("_meta", {}))
+    meta["ltrr"] = {**meta.get("ltrr", {}), **values}
+    client.indices.put_mapping(index=index, body={"_meta": meta})
 
 
 def _mark_served(client: OpenSearch, index: str) -> None:
     """Record in the mapping's _meta that this version has served, so pruning keeps versions
     worth rolling back to rather than builds that never served (they had rejected rows)."""
-    mapping = client.indices.get_mapping(index=index)[index]["mappings"]
-    meta = dict(mapping.get("_meta", {}))
-    meta["ltrr"] = {**meta.get("ltrr", {}), "served_at": datetime.now(timezone.utc).isoformat()}
-    client.indices.put_mapping(index=index, body={"_meta": meta})
+    _update_meta(client, index, served_at=datetime.now(timezone.utc).isoformat())
 
 
 def _prune(client: OpenSearch, alias: str, keep: int) -> None:

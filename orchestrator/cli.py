@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .config import ConfigError, ConnectionSettings, ltrr_home
+from .config import DEFAULT_URL, ConfigError, ConnectionSettings, ltrr_home, node_heap_mb
 from .node import LocalNode, NodeAlreadyRunning, NodeError, default_version, install
 
 # Piped output (CI logs, files) gets a wide console so tables are not truncated at 80 columns.
@@ -20,7 +21,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -32,7 +33,33 @@ def _settings() -> ConnectionSettings:
         raise  # unreachable
 
 
-@click.group()
+def _connection_reason(e: Exception) -> str:
+    """The useful part of a client connection error, on one line."""
+    text = str(getattr(e, "error", "") or e)
+    text = re.sub(r"^\w+\([^)]*\):\s*", "", text)  # "HTTPConnection(host=..., port=...): "
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _Commands(click.Group):
+    """The command group: a cluster that is down or unreachable is one line on stderr (exit 1) for
+    every command that talks to it, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            from opensearchpy.exceptions import ConnectionError as OSConnectionError  # ConnectionTimeout too
+
+            if not isinstance(e, OSConnectionError):
+                raise
+            url = os.environ.get("OPENSEARCH_URL", DEFAULT_URL).rstrip("/") or DEFAULT_URL
+            err.print(f"[bold red]error:[/] cannot reach OpenSearch at {escape(url)}: {escape(_connection_reason(e))}",
+                      highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="ltrr")
 def main() -> None:
     """ltrr: learning to rank *and retrieve* over OpenSearch."""
@@ -50,10 +77,10 @@ def _local_node(port: int | None, heap: int | None) -> LocalNode:
               "node then. Unset OPENSEARCH_URL to use the local node.", 2)
     if port is None:
         port = settings.port
-    heap = heap or int(os.environ.get("LTRR_NODE_HEAP_MB", "1024"))
     try:
+        heap = heap or node_heap_mb()
         return LocalNode(port=port, heap_mb=heap, version=default_version())
-    except NodeError as e:
+    except (ConfigError, NodeError) as e:
         _fail(str(e), 2)
         raise
 
@@ -93,8 +120,12 @@ def node_start(port: int | None, heap_mb: int | None, timeout: float) -> None:
 def node_stop() -> None:
     """Stop the local node cleanly."""
     local = _local_node(None, None)
+    dead = local.dead_pid()
     if local.stop():
         console.print("stopped")
+    elif dead is not None:
+        console.print(f"the local node had died (pid {dead} was not running); cleared its pid file. "
+                      f"Its logs: {local.log_dir}")
     else:
         console.print("no local node is running")
 
@@ -103,6 +134,10 @@ def node_stop() -> None:
 def node_status() -> None:
     """Up or down, version, plugins, heap, data path."""
     local = _local_node(None, None)
+    dead = local.dead_pid()
+    if dead is not None:  # exit 1 as LSB's "dead and pid file exists"; start or stop clears the file
+        _fail(f"the local node died: pid {dead} is not running (killed, or crashed: see the logs in "
+              f"{local.log_dir}, `ltrr node logs`); `ltrr node start` starts it again", 1)
     info = local.info() if local.running_pid() else None
     table = Table(show_header=False, box=None)
     if info is None:
@@ -191,10 +226,12 @@ def node_reinstall() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _client():
+def _client(retries: bool = True):
+    """A client for the environment's cluster. ``retries=False`` for searches (a search has a
+    deadline) and loads (BulkWriter is the one retry layer): see ``client.make_client``."""
     from .client import make_client
 
-    return make_client(_settings())
+    return make_client(_settings(), retries=retries)
 
 
 def _human_bytes(n: float) -> str:
@@ -314,11 +351,14 @@ def load(dataset_dir: str, alias: str | None, limit: int | None, no_embed: bool,
         return
     encoder = cache = None
     if not no_embed:
-        from .embeddings import EmbeddingCache, SentenceEncoder
+        from .embeddings import EmbeddingCache, ModelNotFoundError, SentenceEncoder
 
-        encoder = SentenceEncoder()
+        try:
+            encoder = SentenceEncoder()
+        except ModelNotFoundError as e:
+            _fail(f"{e}; or load without embeddings: ltrr load --no-embed", 2)
         cache = EmbeddingCache.for_encoder(encoder)
-    client = _client()
+    client = _client(retries=False)  # BulkWriter retries 429/5xx/no answer itself, with backoff
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=err, transient=False) as bar:
         task = bar.add_task(f"loading {dataset.spec.name}", total=None)
@@ -334,6 +374,8 @@ def load(dataset_dir: str, alias: str | None, limit: int | None, no_embed: bool,
         err.print(f"[red]rejected[/] {escape(str(error))}", highlight=False)
     if len(report.rejected) > 20:
         err.print(f"... and {len(report.rejected) - 20} more rejected rows")
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     table = Table(show_header=False, box=None)
     table.add_row("index", f"{report.alias} -> {report.index}" if report.swapped
                   else f"{report.index} (built, NOT serving: rows were rejected; `ltrr index swap` or --allow-errors)")
@@ -396,50 +438,85 @@ def plans_sync() -> None:
         sys.exit(1)
 
 
-def _pipeline(index: str, with_encoder: bool = True, fusion: str = "rrf"):
-    from .pipeline import SearchPipeline
-    from .strategies import sync_plans
+def _missing_scripts(client, plans_) -> list[str]:
+    """Script ids of plans not stored in the cluster (a read: one get_script per plan)."""
+    from opensearchpy.exceptions import NotFoundError
 
-    client = _client()
+    missing = []
+    for plan in plans_:
+        try:
+            client.get_script(id=plan.script_id)
+        except NotFoundError:
+            missing.append(plan.script_id)
+    return missing
+
+
+def _pipeline(index: str, with_encoder: bool = True, fusion: str = "rrf", strategies=None,
+              fusion_options: dict | None = None):
+    """A search pipeline for a read command. Read commands never write: the scripts of the plans
+    used (``strategies``, default all) must have been stored by `ltrr plans sync` (the commands
+    that write are plans sync, index init/create and load)."""
+    from .pipeline import SearchPipeline
+
+    client = _client(retries=False)  # a search holds its deadline: no client retries
     if not client.indices.exists(index=index):
         _fail(f"no index or alias {index!r}; load a dataset first (ltrr load DATASET --index {index})")
     plans_ = _plans()
-    bad = [r for r in sync_plans(client, plans_) if not r.rendered_ok]
-    if bad:
-        _fail("; ".join(f"{r.plan}: {r.error}" for r in bad))
+    missing = _missing_scripts(client, [p for name, p in plans_.items() if strategies is None or name in strategies])
+    if missing:
+        _fail(f"the query plans are not stored in the cluster: run `ltrr plans sync` first "
+              f"(missing script{'s' if len(missing) > 1 else ''} {', '.join(missing)})")
     encoder = None
     if with_encoder:
-        from .embeddings import SentenceEncoder
+        from .embeddings import ModelNotFoundError, SentenceEncoder
 
-        encoder = SentenceEncoder()
-    return SearchPipeline(client, index, plans_, encoder=encoder, fusion=fusion)
+        try:
+            encoder = SentenceEncoder()
+        except ModelNotFoundError as e:
+            _fail(f"{e}; the knn strategy needs it (ltrr search runs without it given --strategies without knn)", 2)
+    return SearchPipeline(client, index, plans_, encoder=encoder, fusion=fusion, fusion_options=fusion_options or {})
 
 
 @main.command("search")
 @click.argument("query")
 @click.option("--index", default="synthetic_music", show_default=True, help="Catalogue alias.")
 @click.option("--strategies", default=None, help="Comma-separated strategies (default: all).")
-@click.option("--budget", type=int, default=50, show_default=True, help="Candidates per strategy.")
-@click.option("--size", type=int, default=10, show_default=True)
+@click.option("--budget", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="Candidates per strategy (1..1000).")
+@click.option("--size", type=click.IntRange(1, 1000), default=10, show_default=True, help="Results shown (1..1000).")
 @click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True)
 @click.option("--explain", is_flag=True, help="Show understanding, per-strategy results and timings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the response as JSON.")
+@click.option("--filter", "filter_items", multiple=True, metavar="FILTER",
+              help="Restrict results (repeatable): field=value, field=a,b (any of), field>=x / field>x / "
+                   "field<=y / field<y (numeric fields), or a JSON object {\"field\": value | [values] | "
+                   "{\"gte\": x}}. Fields: the catalogue's facet and numeric fields and entity_type.")
 def search(query: str, index: str, strategies: str | None, budget: int, size: int, fusion: str, explain: bool,
-           as_json: bool) -> None:
-    """Run QUERY through the chosen strategies in one round trip and print the fused list."""
+           as_json: bool, filter_items: tuple[str, ...]) -> None:
+    """Run QUERY through the chosen strategies in one round trip and print the fused list.
+
+    Exits 1 when every strategy that ran failed (the errors are printed), 2 for a bad request."""
     import json as jsonlib
 
+    from .filters import FilterError, parse_cli_filters
+    from .datatypes import ArmStatus
     from .pipeline import QueryError
-    from .strategies import NOT_APPLICABLE
 
+    try:
+        filters = parse_cli_filters(filter_items)
+    except FilterError as e:
+        _fail(str(e), 2)
+        return
     chosen = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
-    pipe = _pipeline(index, with_encoder=chosen is None or "knn" in chosen, fusion=fusion)
+    pipe = _pipeline(index, with_encoder=chosen is None or "knn" in chosen, fusion=fusion, strategies=chosen)
     names = chosen or list(pipe.plans)
     try:
-        resp = pipe.search(query, budgets={s: budget for s in names}, size=size)
+        resp = pipe.search(query, budgets={s: budget for s in names}, size=size, filters=filters or None)
     except QueryError as e:
         _fail(str(e), 2)
         return
+    ran = [r for r in resp.strategy_results if r.status is not ArmStatus.NOT_APPLICABLE]
+    all_failed = resp.all_failed
     sources = pipe.fetch_sources([h.doc_id for h in resp.hits])
     if as_json:
         click.echo(jsonlib.dumps({
@@ -448,6 +525,10 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
                       "provenance": [{"strategy": p.strategy, "rank": p.rank, "score": p.score} for p in h.provenance]}
                      for h in resp.hits],
             "errors": resp.errors, "timings_ms": resp.timings.__dict__}, indent=2))
+        if all_failed:
+            for r in ran:
+                err.print(f"[yellow]{r.strategy}:[/] {escape(str(r.error))}", highlight=False, soft_wrap=True)
+            _fail(f"every strategy failed ({len(ran)} ran)")
         return
     if explain:
         u = resp.understanding
@@ -456,8 +537,9 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
         console.print(f"[bold]slots[/] {escape(slots)}  remaining {escape(repr(u.remaining_text))}")
         st = Table("strategy", "budget", "hits", "took ms", "status")
         for r in resp.strategy_results:
+            status = r.status.value + (f": {r.detail}" if r.detail else "")
             st.add_row(r.strategy, str(r.budget), str(len(r.hits)), f"{r.took_ms:.0f}" if r.took_ms is not None else "-",
-                       f"[yellow]{escape(r.error)}[/]" if r.error else "ok")
+                       f"[yellow]{escape(status)}[/]" if r.error else escape(status))
         console.print(st)
     table = Table("#", "id", "title", "type", "score", "found by (strategy#rank)")
     for i, h in enumerate(resp.hits, start=1):
@@ -470,27 +552,61 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
                   f"(OpenSearch {t.opensearch_took_ms:.0f} ms, encoder {t.embed_ms:.1f} ms, "
                   f"orchestrator {t.orchestrator_ms:.1f} ms)[/]")
     for name, error in resp.errors.items():
-        if error != NOT_APPLICABLE:
-            err.print(f"[yellow]{name}:[/] {escape(error)}")
+        err.print(f"[yellow]{name}:[/] {escape(error)}")
+    if all_failed:
+        _fail(f"every strategy failed ({len(ran)} ran)")
+
+
+def _parse_budgets(spec: str | None, names: list[str], default: int) -> dict[str, int]:
+    """``arm=N,arm=N`` over the plan names (others keep ``default``); a usage error otherwise."""
+    budgets = dict.fromkeys(names, default)
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in budgets:
+            raise click.BadParameter(f"unknown strategy {name!r}; known: {', '.join(names)}", param_hint="--budgets")
+        try:
+            budgets[name] = int(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not arm=N", param_hint="--budgets") from None
+        if not 1 <= budgets[name] <= 1000:
+            raise click.BadParameter(f"{name}: budget must be 1..1000", param_hint="--budgets")
+    return budgets
 
 
 @main.command("evaluate")
 @click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--index", "alias", default=None, help="Catalogue alias (default: the dataset's name).")
 @click.option("--split", default=None, help="qrels split (default: test, else the first one).")
-@click.option("--budget", type=int, default=100, show_default=True, help="Candidates per strategy.")
-@click.option("--limit-queries", type=int, default=None)
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
-def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int, limit_queries: int | None,
-             out: str | None) -> None:
-    """nDCG@10, Recall@100 and MRR of each strategy alone and of the fused union, on the qrels."""
+@click.option("--budget", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Candidates per strategy (and the depth of every ranking).")
+@click.option("--budgets", "budget_spec", default=None, help="Per-strategy budgets, e.g. knn=200,fuzzy=20.")
+@click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True)
+@click.option("--rrf-k", type=float, default=60.0, show_default=True, help="k of reciprocal rank fusion.")
+@click.option("--normalization", type=click.Choice(["minmax", "zscore", "max", "none"]), default="minmax",
+              show_default=True, help="Score normalisation of weighted fusion.")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Add the textbook anchors (rank_bm25 BM25, exact cosine, their RRF) to the table.")
+@click.option("--group-by", default=None, help="A query field (e.g. intent) to break results down by.")
+@click.option("--limit-queries", type=click.IntRange(1), default=None)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write results as JSON here (with per-query values) and TREC run files beside it.")
+def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int, budget_spec: str | None,
+             fusion: str, rrf_k: float, normalization: str, baselines: bool, group_by: str | None,
+             limit_queries: int | None, out: str | None) -> None:
+    """nDCG@10, R@100 and RR@10 (trec_eval's) of each strategy alone, of their fused union and of
+    the textbook anchors, on the qrels, with a paired t-test against the best strategy."""
+    import json as jsonlib
+    from pathlib import Path
+
     from rich.progress import Progress
 
     from .catalog import default_alias
-    from .datasets import Dataset, RowError
-    from .evaluate import evaluate_pipeline, to_json
-
-    from .datasets import DatasetSpecError
+    from .datasets import Dataset, DatasetSpecError, RowError
+    from .evaluate import evaluate_pipeline, judged_queries
+    from .reporting import anchor_ratios, best_system, evaluation_table
 
     try:
         dataset = Dataset.open(dataset_dir)
@@ -505,28 +621,55 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
     if split not in splits:
         _fail(f"no qrels split {split!r} in {dataset_dir} (have: {', '.join(splits)})", 2)
     qrels = dataset.qrels(split)
-    queries = [q for q in dataset.iter_queries() if not isinstance(q, RowError) and q.id in qrels]
-    queries = queries[:limit_queries] if limit_queries else queries
-    pipe = _pipeline(alias)
-    vectors = pipe.encoder.encode([q.text for q in queries]) if pipe.encoder is not None and queries else None
+    rows = list(dataset.iter_queries())
+    for bad in (r for r in rows if isinstance(r, RowError)):
+        err.print(f"[yellow]query row skipped:[/] {escape(str(bad))}", highlight=False)
+    queries, skipped = judged_queries([r for r in rows if not isinstance(r, RowError)], qrels)
+    if limit_queries:
+        for q in queries[limit_queries:]:
+            skipped[q.id] = "--limit-queries"
+        queries = queries[:limit_queries]
+    not_limit = {k: v for k, v in skipped.items() if v != "--limit-queries"}
+    if not_limit:
+        err.print(f"[yellow]{len(not_limit)} judged queries are not evaluated[/] (first: "
+                  f"{escape(', '.join(f'{k}: {v}' for k, v in list(not_limit.items())[:3]))}); see --out for all")
+    if not queries:
+        _fail("no query to evaluate (no judged query with text and a positive judgment)", 2)
+    fusion_options = {"k": rrf_k} if fusion == "rrf" else {"normalization": normalization}
+    try:
+        pipe = _pipeline(alias, fusion=fusion, fusion_options=fusion_options)
+        budgets = _parse_budgets(budget_spec, list(pipe.plans), budget)
+    except ValueError as e:
+        _fail(str(e), 2)
+        return
+    cache = None
+    if baselines and pipe.encoder is not None:
+        from .embeddings import EmbeddingCache
+
+        cache = EmbeddingCache.for_encoder(pipe.encoder)
     with Progress(console=err) as bar:
         task = bar.add_task(f"evaluating {len(queries)} queries", total=len(queries))
-        evaluation = evaluate_pipeline(pipe, queries, qrels, budget=budget, vectors=vectors,
-                                       on_query=lambda: bar.advance(task))
-    summaries = evaluation.summaries()
-    table = Table(title=f"{dataset.spec.name} ({split}, {len(queries)} queries, budget {budget}/strategy)")
-    for column in ("system", "queries", "nDCG@10", "R@100", "MRR", "cand. R", "empty", "errors"):
-        table.add_column(column, no_wrap=True)
-    for s in summaries:
-        table.add_row(str(s["system"]), str(s["queries"]), f"{s['ndcg@10']:.4f}", f"{s['recall@100']:.4f}",
-                      f"{s['mrr']:.4f}", f"{s['candidate_recall']:.4f}" if s["candidate_recall"] is not None else "",
-                      str(s["empty"]), str(s["errors"]))
-    console.print(table)
+        evaluation = evaluate_pipeline(pipe, dataset, queries, qrels, budgets=budgets, depth=budget,
+                                       baselines=baselines, embedding_cache=cache, group_by=group_by,
+                                       skipped=skipped, on_query=lambda: bar.advance(task))
+    union = pipe.fuser.label
+    best_arm = best_system(evaluation, list(budgets))
+    title = (f"{dataset.spec.name}: {split}, {len(queries)} queries, budgets "
+             f"{', '.join(f'{k}={v}' for k, v in budgets.items())}")
+    console.print(evaluation_table(evaluation, title, best_arm))
+    for group, ids in sorted(evaluation.groups.items()):
+        console.print(evaluation_table(evaluation, f"{group_by} = {group} ({len(ids)} queries)", None, ids))
+    for system, anchor, measure, ratio in anchor_ratios(evaluation, union):
+        console.print(f"  {escape(system)} / {escape(anchor)} ({measure}): [bold]{ratio:.3f}x[/]")
     if out:
-        with open(out, "w") as f:
-            f.write(to_json(summaries, {"dataset": dataset.spec.name, "split": split, "index": alias,
-                                        "budget": budget, "queries": len(queries)}))
-        console.print(f"wrote {out}")
+        meta = {"dataset": dataset.spec.name, "split": split, "index": alias, "budgets": budgets,
+                "fusion": union, "queries": len(queries), "best_arm": best_arm}
+        Path(out).write_text(jsonlib.dumps(evaluation.to_json(meta), indent=1, default=float))
+        runs = evaluation.write_runs(Path(out).with_suffix(".runs"))
+        console.print(f"wrote {out} and {len(runs)} TREC run files in {Path(out).with_suffix('.runs')}")
+    failed = [s["system"] for s in evaluation.summaries() if s["failed"]]
+    if failed:
+        _fail(f"{', '.join(failed)} failed on some queries: their numbers are not reported")
 
 
 @main.group()
@@ -579,6 +722,12 @@ def dataset_check(root: str) -> None:
 def demo(docs: int, queries: int, seed: int) -> None:
     """The main job end to end on a synthetic music catalogue (no data files needed)."""
     from .demo import run_demo
+    from .embeddings import ModelNotFoundError, packaged_model_dir
+
+    try:
+        packaged_model_dir()  # before starting a node and generating the catalogue
+    except ModelNotFoundError as e:
+        _fail(str(e), 2)
 
     def ensure_node() -> None:
         from .node import cluster_answers

@@ -31,18 +31,28 @@ class FastJSONSerializer(JSONSerializer):
             raise SerializationError(s, e) from None
 
 
-def make_client(settings: ConnectionSettings | None = None, *, timeout_s: float | None = None) -> OpenSearch:
+def make_client(settings: ConnectionSettings | None = None, *, timeout_s: float | None = None,
+                retries: bool = True) -> OpenSearch:
     """A client with auth, TLS, timeouts and retries from ``settings`` (default: the environment).
 
-    Retries cover connection errors and timeouts only, never 4xx answers, so a bad request is
-    reported at once instead of being repeated.
+    Retries cover connection errors, timeouts and 502/503/504 answers, never 4xx answers, so a
+    bad request is reported at once instead of being repeated.
+
+    ``retries=False`` gives a client that sends every request exactly once. Use it where another
+    layer owns the time or the retries:
+
+    * the search path (``SearchPipeline``, ``StrategyExecutor``): a search has a deadline (the
+      strategies' timeout plus a small margin, passed as the _msearch's request timeout); a
+      client retry would start the whole wait again, so a 1 s search could take 4x as long;
+    * bulk loading (``catalog.load_dataset``): ``BulkWriter`` retries 429/5xx/no answer with
+      backoff itself; client retries underneath would multiply its attempts and waits.
     """
     s = settings or ConnectionSettings.from_env()
     kwargs: dict = {
         "hosts": [s.url],
         "timeout": timeout_s if timeout_s is not None else s.timeout_s,
-        "max_retries": s.max_retries,
-        "retry_on_timeout": True,
+        "max_retries": s.max_retries if retries else 0,
+        "retry_on_timeout": retries,
         "http_compress": False,
         "serializer": FastJSONSerializer(),
     }

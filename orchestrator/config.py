@@ -3,24 +3,40 @@
 Everything comes from the environment (12-factor style) so the CLI, the HTTP service and the
 tests agree without passing flags around:
 
-==========================  ===================================  ===========================
-variable                    meaning                              default
-==========================  ===================================  ===========================
-``OPENSEARCH_URL``          cluster URL (http or https)          ``http://127.0.0.1:9200``
-``OPENSEARCH_USER``         basic-auth user                      none
-``OPENSEARCH_PASSWORD``     basic-auth password                  none
-``OPENSEARCH_CA_CERTS``     CA bundle for TLS verification       system store
-``OPENSEARCH_VERIFY_CERTS`` ``false`` to skip TLS verification   ``true``
-``OPENSEARCH_TIMEOUT``      request timeout, seconds             ``30``
-``OPENSEARCH_MAX_RETRIES``  retries on connection errors/timeouts ``3``
-``LTRR_HOME``               downloads, node data, caches         ``$XDG_CACHE_HOME/ltrr``
-==========================  ===================================  ===========================
+============================  =========================================  ==================================
+variable                      meaning                                    default
+============================  =========================================  ==================================
+``OPENSEARCH_URL``            cluster URL (http or https)                ``http://127.0.0.1:9200``
+``OPENSEARCH_USER``           basic-auth user                            none
+``OPENSEARCH_PASSWORD``       basic-auth password                        none
+``OPENSEARCH_CA_CERTS``       CA bundle for TLS verification             system store
+``OPENSEARCH_VERIFY_CERTS``   ``false`` to skip TLS verification         ``true``
+``OPENSEARCH_TIMEOUT``        request timeout, seconds                   ``30``
+``OPENSEARCH_MAX_RETRIES``    retries on connection errors/timeouts      ``3``
+``LTRR_HOME``                 downloads, node data, caches               ``$XDG_CACHE_HOME/ltrr``
+``LTRR_QUERY_PLANS``          directory of query plan YAML files         the packaged ``query_plans/``
+``LTRR_INDEX_TEMPLATES``      directory of index template YAML files     the packaged ``index_templates/``
+``LTRR_NODE_HEAP_MB``         local node's heap, MiB                     ``1024``
+``LTRR_OPENSEARCH_VERSION``   local node's version: 2.19.1 or 3.5.0      newest the JDK can run
+``LTRR_JAVA_HOME``            JDK that runs the local node               ``JAVA_HOME``, ``java`` on PATH
+``LTRR_MVN``                  Maven executable (fetches the node)        ``mvn`` on PATH
+``LTRR_MAVEN_ARGS``           extra Maven arguments, e.g. ``-s m2.xml``  none
+``LTRR_LTR_PLUGIN_ZIP``       local LTR plugin zip, instead of Maven     none
+============================  =========================================  ==================================
+
+Only this module reads them: the rest of ltrr calls the functions below. (Outside the package,
+``.ci/run`` reads ``LTRR_CI_PORT`` and the tests read ``LTRR_SHARED_DIR``.) ``query_plans/``,
+``index_templates/`` and ``ltr_models/`` sit at the top of the source tree and are installed as
+package data (``orchestrator.query_plans`` etc.); :func:`package_data_dir` finds them in the
+checkout (editable install) or in site-packages (``pip install .``).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -123,3 +139,124 @@ def ltrr_home(env: Mapping[str, str] | None = None) -> Path:
         return Path(env["LTRR_HOME"]).expanduser().resolve()
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return (Path(base).expanduser() / "ltrr").resolve()
+
+
+def _get(env: Mapping[str, str] | None, name: str) -> str | None:
+    """The variable's value; unset and empty are the same (``None``)."""
+    env = os.environ if env is None else env
+    return env.get(name) or None
+
+
+# ------------------------------------------------------------------------------------------------
+# Package data: query plans, index templates, LTR models
+# ------------------------------------------------------------------------------------------------
+
+PACKAGE_DATA = ("query_plans", "index_templates", "ltr_models")
+
+
+def package_data_dir(name: str) -> Path:
+    """The directory of package data ``orchestrator.<name>`` (one of :data:`PACKAGE_DATA`), found
+    through ``importlib.resources``: the checkout's top-level ``<name>/`` in an editable install,
+    ``site-packages/orchestrator/<name>/`` in a regular one."""
+    if name not in PACKAGE_DATA:
+        raise ValueError(f"unknown package data {name!r} (known: {', '.join(PACKAGE_DATA)})")
+    package = f"{__package__}.{name}"
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError:
+        raise ConfigError(f"package data {package} is not installed: reinstall ltrr "
+                          "(pip install . or pip install -e .)") from None
+    if not isinstance(root, Path) or not root.is_dir():
+        raise ConfigError(f"package data {package} is not a directory on disk ({root}): install ltrr "
+                          "unzipped (pip install .)")
+    return root
+
+
+def _dir_setting(var: str, default: str, env: Mapping[str, str] | None) -> Path:
+    raw = _get(env, var)
+    if raw is None:
+        return package_data_dir(default)
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{var}={raw!r} is not a directory")
+    return path
+
+
+def query_plans_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``LTRR_QUERY_PLANS``, else the packaged ``query_plans/``."""
+    return _dir_setting("LTRR_QUERY_PLANS", "query_plans", env)
+
+
+def index_templates_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``LTRR_INDEX_TEMPLATES``, else the packaged ``index_templates/``."""
+    return _dir_setting("LTRR_INDEX_TEMPLATES", "index_templates", env)
+
+
+def ltr_models_dir() -> Path:
+    """The packaged ``ltr_models/``: LTR feature sets and trained models with their model cards."""
+    return package_data_dir("ltr_models")
+
+
+# ------------------------------------------------------------------------------------------------
+# The local node
+# ------------------------------------------------------------------------------------------------
+
+DEFAULT_HEAP_MB = 1024
+# Variables naming a local plugin zip, used when Maven does not serve the plugin.
+PLUGIN_ZIP_VARS = ("LTRR_LTR_PLUGIN_ZIP",)
+
+
+def node_heap_mb(env: Mapping[str, str] | None = None) -> int:
+    """``LTRR_NODE_HEAP_MB``: the local node's heap in MiB (default 1024)."""
+    raw = _get(env, "LTRR_NODE_HEAP_MB")
+    if raw is None:
+        return DEFAULT_HEAP_MB
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"LTRR_NODE_HEAP_MB={raw!r} is not an integer (MiB)") from None
+    if value <= 0:
+        raise ConfigError(f"LTRR_NODE_HEAP_MB={raw!r} must be positive")
+    return value
+
+
+def opensearch_version(env: Mapping[str, str] | None = None) -> str | None:
+    """``LTRR_OPENSEARCH_VERSION``: the local node's version, or ``None`` to pick by the JDK
+    (node.default_version checks it against the supported versions)."""
+    raw = _get(env, "LTRR_OPENSEARCH_VERSION")
+    return raw.strip() if raw else None
+
+
+def java_home(env: Mapping[str, str] | None = None) -> Path | None:
+    """``LTRR_JAVA_HOME``: the JDK to run the local node, tried before ``JAVA_HOME``."""
+    raw = _get(env, "LTRR_JAVA_HOME")
+    return Path(raw).expanduser() if raw else None
+
+
+def maven_executable(env: Mapping[str, str] | None = None) -> str | None:
+    """``LTRR_MVN``: the Maven command, instead of ``mvn`` on the PATH."""
+    return _get(env, "LTRR_MVN")
+
+
+def maven_args(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``LTRR_MAVEN_ARGS``: extra Maven arguments (shell-quoted), e.g. ``-s /path/settings.xml``."""
+    raw = _get(env, "LTRR_MAVEN_ARGS")
+    if raw is None:
+        return ()
+    try:
+        return tuple(shlex.split(raw))
+    except ValueError as e:
+        raise ConfigError(f"LTRR_MAVEN_ARGS={raw!r}: {e}") from None
+
+
+def plugin_zip(var: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """The local plugin zip named by ``var`` (one of :data:`PLUGIN_ZIP_VARS`), or ``None``."""
+    if var not in PLUGIN_ZIP_VARS:
+        raise ValueError(f"unknown plugin zip variable {var!r} (known: {', '.join(PLUGIN_ZIP_VARS)})")
+    raw = _get(env, var)
+    if raw is None:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{var}={raw!r} is not a file")
+    return path

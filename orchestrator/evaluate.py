@@ -1,143 +1,344 @@
-"""Offline evaluation of retrieval strategies on a BEIR-layout dataset's qrels.
+"""Offline evaluation: any set of *systems* on a BEIR-layout dataset's qrels, by the book.
 
-Metrics follow trec_eval / BEIR conventions (linear gain), so numbers compare with published ones:
+A system is anything that ranks documents for a query (:class:`System`): one arm of a pipeline,
+the fused union, a textbook baseline, and later a bandit policy or a reranker. One loop
+(:func:`evaluate`) runs them all on the same queries, so their numbers compare.
 
-- nDCG@k = DCG@k / IDCG@k with DCG@k = Σ_{i=1..k} rel_i / log2(i + 1), rel_i the graded qrel
-  (0 when unjudged) and IDCG@k the DCG of the ideal ordering of the query's judged documents;
-- Recall@k = |relevant ∩ top-k| / |relevant|, relevant = qrel grade > 0;
-- MRR = 1 / rank of the first relevant document (0 when none is retrieved), no cutoff beyond the list.
-Queries without any relevant judgement are skipped (as trec_eval does).
+Measures are trec_eval's, computed by ``ir-measures`` over pytrec_eval:
+
+* ``nDCG@10`` — graded gains (the qrels' integer grades), log2 discount (``ndcg_cut_10``);
+* ``R@100`` — binary recall at 100, relevant = grade >= 1 (``recall_100``);
+* ``RR@10`` — reciprocal rank of the first relevant document in the top 10 (``recip_rank`` on
+  the run cut to 10).
+
+Rankings are passed with rank-derived scores, so pytrec_eval keeps each system's order. Means are
+over the queries with at least one positive judgment (as trec_eval does); a judged query a system
+returns nothing for counts 0. *Candidate recall* is the share of relevant documents anywhere in
+the candidates a system gathered before cutting to its ranking (the union's pool: the ceiling any
+reranker of it can reach).
+
+Significance: a two-sided paired t-test on per-query nDCG@10 between each system and a reference
+system (:func:`paired_t_test`), as is customary in IR evaluation (Smucker et al., CIKM 2007).
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-_DISCOUNT = 1.0 / np.log2(np.arange(2, 1002))
+from .datasets import QueryRow
+from .datatypes import ArmStatus
+
+MEASURE_NAMES = ("nDCG@10", "R@100", "RR@10")
+"""The measures every evaluation reports, by their ir-measures names."""
 
 
-def ndcg_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int = 10) -> float:
-    gains = np.fromiter((max(qrels.get(d, 0), 0) for d in ranked[:k]), dtype=np.float64, count=min(k, len(ranked)))
-    ideal = np.sort(np.fromiter((g for g in qrels.values() if g > 0), dtype=np.float64))[::-1][:k]
-    if ideal.size == 0:
-        return 0.0
-    dcg = float(gains @ _DISCOUNT[: gains.size])
-    idcg = float(ideal @ _DISCOUNT[: ideal.size])
-    return dcg / idcg
+@dataclass(frozen=True)
+class Ranking:
+    """What a system returned for one query."""
+
+    doc_ids: tuple[str, ...]  # best first
+    candidates: frozenset[str] | None = None  # everything gathered before the cut (None: not a pool)
+    status: ArmStatus = ArmStatus.OK
+    detail: str | None = None  # why the status is not OK
 
 
-def recall_at_k(ranked: Iterable[str], qrels: Mapping[str, int], k: int | None = 100) -> float:
-    relevant = {d for d, g in qrels.items() if g > 0}
-    if not relevant:
-        return 0.0
-    top = list(ranked)[:k] if k is not None else list(ranked)
-    return len(relevant.intersection(top)) / len(relevant)
+class System(Protocol):
+    """Ranks documents for queries. ``prepare`` sees every query first (for batch work)."""
+
+    def prepare(self, queries: Sequence[QueryRow]) -> None: ...
+
+    def rank(self, query: QueryRow) -> Ranking: ...
 
 
-def reciprocal_rank(ranked: Sequence[str], qrels: Mapping[str, int]) -> float:
-    for i, d in enumerate(ranked, start=1):
-        if qrels.get(d, 0) > 0:
-            return 1.0 / i
-    return 0.0
+# ------------------------------------------------------------------------------------------------
+# Systems
+
+
+class PipelineSearches:
+    """Runs each query once through a :class:`~orchestrator.pipeline.SearchPipeline` with every
+    arm of ``budgets`` (one _msearch/template), and serves each arm and the fused union from that
+    one response as separate systems (:meth:`arm`, :meth:`union`)."""
+
+    def __init__(self, pipeline: Any, budgets: Mapping[str, int], *, depth: int = 100):
+        self.pipeline = pipeline
+        self.budgets = dict(budgets)
+        self.depth = depth
+        self._understander = None
+        self._vectors: dict[str, Any] = {}
+        self._responses: dict[str, Any] = {}
+        self._prepared: set[str] = set()
+
+    def prepare(self, queries: Sequence[QueryRow]) -> None:
+        todo = [q for q in queries if q.id not in self._prepared]
+        if not todo:
+            return
+        self._understander = self._understander or self.pipeline.understander()
+        vectors = self.pipeline.encode_queries([q.text for q in todo])
+        for i, q in enumerate(todo):
+            self._vectors[q.id] = vectors[i] if vectors is not None else None
+            self._prepared.add(q.id)
+
+    def response(self, query: QueryRow) -> Any:
+        """The pipeline's response to ``query`` (a QueryError is returned, not raised)."""
+        from .pipeline import QueryError
+
+        if query.id not in self._responses:
+            try:
+                self._responses[query.id] = self.pipeline.search(
+                    query.text, budgets=self.budgets, size=self.depth, understander=self._understander,
+                    vector=self._vectors.get(query.id))
+            except QueryError as e:
+                self._responses[query.id] = e
+        return self._responses[query.id]
+
+    def arm(self, name: str) -> System:
+        return _ArmView(self, name)
+
+    def union(self) -> System:
+        return _UnionView(self)
 
 
 @dataclass
-class MetricSums:
-    """Running means of the metrics for one system (a strategy alone, or the fused union)."""
+class _ArmView:
+    searches: PipelineSearches
+    name: str
+
+    def prepare(self, queries: Sequence[QueryRow]) -> None:
+        self.searches.prepare(queries)
+
+    def rank(self, query: QueryRow) -> Ranking:
+        resp = self.searches.response(query)
+        if isinstance(resp, Exception):
+            return Ranking((), None, ArmStatus.FAILED, str(resp))
+        result = next(r for r in resp.strategy_results if r.strategy == self.name)
+        return Ranking(tuple(h.doc_id for h in result.hits), None, result.status, result.detail)
+
+
+@dataclass
+class _UnionView:
+    searches: PipelineSearches
+
+    def prepare(self, queries: Sequence[QueryRow]) -> None:
+        self.searches.prepare(queries)
+
+    def rank(self, query: QueryRow) -> Ranking:
+        resp = self.searches.response(query)
+        if isinstance(resp, Exception):
+            return Ranking((), None, ArmStatus.FAILED, str(resp))
+        if resp.all_failed:
+            return Ranking((), frozenset(), ArmStatus.FAILED, "; ".join(f"{k}: {v}" for k, v in resp.errors.items()))
+        return Ranking(tuple(h.doc_id for h in resp.hits), frozenset(resp.candidates))
+
+
+@dataclass
+class RunSystem:
+    """A precomputed run ``{query_id: [doc_id, ...]}`` (e.g. a baseline) as a system; its
+    candidate pool, when given, is ``pools[query_id]``."""
+
+    run: Mapping[str, Sequence[str]]
+    pools: Mapping[str, Iterable[str]] | None = None
+
+    def prepare(self, queries: Sequence[QueryRow]) -> None:
+        pass
+
+    def rank(self, query: QueryRow) -> Ranking:
+        pool = frozenset(self.pools.get(query.id, ())) if self.pools is not None else None
+        return Ranking(tuple(self.run.get(query.id, ())), pool)
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class SystemResult:
+    """One system's per-query measures and rankings over the evaluated queries."""
 
     name: str
-    queries: int = 0
-    ndcg10: float = 0.0
-    recall100: float = 0.0
-    mrr: float = 0.0
-    pool_recall: float = 0.0       # recall of every candidate retrieved (the union's ceiling)
-    has_pool: bool = False
-    errors: int = 0
-    empty: int = 0
-    per_query: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict)  # qid -> measure -> value
+    rankings: dict[str, Ranking] = field(default_factory=dict)
 
-    def add(self, qid: str, ranked: Sequence[str], qrels: Mapping[str, int], *,
-            pool: Iterable[str] | None = None, error: bool = False) -> None:
-        row = {"ndcg@10": ndcg_at_k(ranked, qrels, 10), "recall@100": recall_at_k(ranked, qrels, 100),
-               "mrr": reciprocal_rank(ranked, qrels)}
-        if pool is not None:
-            self.has_pool = True
-            row["pool_recall"] = recall_at_k(pool, qrels, None)
-            self.pool_recall += row["pool_recall"]
-        self.queries += 1
-        self.ndcg10 += row["ndcg@10"]
-        self.recall100 += row["recall@100"]
-        self.mrr += row["mrr"]
-        self.errors += int(error)
-        self.empty += int(not ranked)
-        self.per_query[qid] = row
+    @property
+    def failures(self) -> dict[str, str]:
+        """Queries on which the system failed (qid -> reason)."""
+        return {qid: r.detail or "failed" for qid, r in self.rankings.items()
+                if r.status in (ArmStatus.FAILED, ArmStatus.TIMED_OUT)}
 
-    def summary(self) -> dict[str, float | int | str | None]:
-        q = max(self.queries, 1)
-        return {"system": self.name, "queries": self.queries, "ndcg@10": self.ndcg10 / q,
-                "recall@100": self.recall100 / q, "mrr": self.mrr / q,
-                "candidate_recall": self.pool_recall / q if self.has_pool else None,
-                "errors": self.errors, "empty": self.empty}
+    @property
+    def not_applicable(self) -> int:
+        return sum(r.status is ArmStatus.NOT_APPLICABLE for r in self.rankings.values())
 
+    def values(self, measure: str, query_ids: Sequence[str]) -> np.ndarray:
+        return np.array([self.per_query[q][measure] for q in query_ids], dtype=np.float64)
 
-UNION = "union (rrf)"
+    def summary(self, query_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        qids = list(self.per_query) if query_ids is None else [q for q in query_ids if q in self.per_query]
+        n = len(qids)
+        out: dict[str, Any] = {"system": self.name, "queries": n}
+        for measure in (*MEASURE_NAMES, "candidate_recall"):
+            vals = [self.per_query[q].get(measure) for q in qids]
+            known = [v for v in vals if v is not None]
+            out[measure] = (math.fsum(known) / n) if n and len(known) == n else None
+        out["empty"] = sum(not self.rankings[q].doc_ids for q in qids)
+        out["not_applicable"] = sum(self.rankings[q].status is ArmStatus.NOT_APPLICABLE for q in qids)
+        failures = {q: r for q, r in self.failures.items() if q in set(qids)}
+        out["failed"] = len(failures)
+        out["first_failure"] = next(iter(failures.values()), None)
+        return out
 
 
 @dataclass
 class Evaluation:
-    """Metrics of each strategy alone and of the fused union, overall and per query group."""
+    """Every system's results on the same queries, plus the queries left out and why."""
 
-    systems: dict[str, MetricSums]                                    # strategy (and UNION) -> sums
-    by_group: dict[str, dict[str, MetricSums]] = field(default_factory=dict)
+    systems: dict[str, SystemResult]
+    query_ids: list[str]  # evaluated (judged, with at least one positive judgment), in order
+    skipped: dict[str, str] = field(default_factory=dict)  # query id -> why it was not evaluated
+    groups: dict[str, list[str]] = field(default_factory=dict)  # group value -> query ids
 
-    def summaries(self) -> list[dict]:
-        return [m.summary() for m in self.systems.values()]
+    def summaries(self, query_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        return [s.summary(query_ids if query_ids is not None else self.query_ids) for s in self.systems.values()]
+
+    def compare(self, reference: str, measure: str = "nDCG@10") -> dict[str, tuple[float, float]]:
+        """``{system: (mean difference to reference, two-sided paired t-test p-value)}``."""
+        ref = self.systems[reference]
+        out = {}
+        for name, result in self.systems.items():
+            if name == reference or result.failures or ref.failures:
+                continue
+            a, b = result.values(measure, self.query_ids), ref.values(measure, self.query_ids)
+            out[name] = (float(np.mean(a - b)) if len(a) else 0.0, paired_t_test(a, b))
+        return out
+
+    def to_json(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "meta": dict(meta),
+            "measures": list(MEASURE_NAMES),
+            "systems": self.summaries(),
+            "by_group": {g: self.summaries(ids) for g, ids in self.groups.items()},
+            "skipped_queries": self.skipped,
+            "per_query": {name: s.per_query for name, s in self.systems.items()},
+        }
+
+    def write_runs(self, directory: str | Path) -> list[Path]:
+        """One TREC run file per system (``qid Q0 docid rank score tag``), for trec_eval & co."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, result in self.systems.items():
+            tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+            path = directory / f"{tag}.run"
+            with path.open("w") as f:
+                for qid in self.query_ids:
+                    docs = result.rankings[qid].doc_ids
+                    for rank, doc_id in enumerate(docs, start=1):
+                        f.write(f"{qid} Q0 {doc_id} {rank} {len(docs) - rank + 1} {tag}\n")
+            written.append(path)
+        return written
 
 
-def evaluate_pipeline(pipe: Any, queries: Sequence[Any], qrels: Mapping[str, Mapping[str, int]], *,
-                      budget: int = 100, vectors: Any = None, group_by: str | None = None,
-                      on_query: Callable[[], None] = lambda: None) -> Evaluation:
-    """Run every judged query through every strategy of ``pipe`` (a SearchPipeline) with ``budget``
-    candidates each; score each strategy's own list and the fused union (its top ``budget`` and,
-    as candidate recall, everything any strategy retrieved). ``vectors[i]`` is query i's embedding
-    when given; ``group_by`` names a query field (e.g. intent) to break the metrics down by."""
-    from .pipeline import QueryError
-    from .strategies import NOT_APPLICABLE
+def paired_t_test(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p-value of the paired t-test of ``a`` against ``b`` (same queries, same order);
+    1.0 when the differences are all equal (no variance: nothing to test)."""
+    from scipy import stats
 
-    names = [*pipe.plans, UNION]
-    evaluation = Evaluation({name: MetricSums(name) for name in names})
-    understander = pipe.understander()
-    budgets = {name: budget for name in pipe.plans}
-    for i, q in enumerate(queries):
-        if q.id not in qrels:
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if diff.size < 2 or np.allclose(diff, diff[0]):
+        return 1.0
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+
+
+def judged_queries(queries: Iterable[QueryRow], qrels: Mapping[str, Mapping[str, int]]
+                   ) -> tuple[list[QueryRow], dict[str, str]]:
+    """The queries to evaluate (text, and at least one positive judgment) and why the others of
+    the qrels are left out."""
+    keep: list[QueryRow] = []
+    skipped: dict[str, str] = {}
+    seen: set[str] = set()
+    for q in queries:
+        if q.id not in qrels or q.id in seen:
             continue
-        judged = qrels[q.id]
-        group = str(q.fields.get(group_by, "all")) if group_by else None
-        targets = [evaluation.systems]
-        if group is not None:
-            targets.append(evaluation.by_group.setdefault(group, {name: MetricSums(name) for name in names}))
-        try:
-            resp = pipe.search(q.text, budgets=budgets, size=budget, understander=understander,
-                               vector=vectors[i] if vectors is not None else None)
-        except QueryError:
-            for sums in targets:
-                for m in sums.values():
-                    m.add(q.id, [], judged, error=True)
-            on_query()
-            continue
-        for sums in targets:
-            for r in resp.strategy_results:
-                sums[r.strategy].add(q.id, [h.doc_id for h in r.hits], judged,
-                                     error=bool(r.error and r.error != NOT_APPLICABLE))
-            sums[UNION].add(q.id, [h.doc_id for h in resp.hits], judged, pool=resp.candidates)
+        seen.add(q.id)
+        if not any(g > 0 for g in qrels[q.id].values()):
+            skipped[q.id] = "no positive judgment (trec_eval leaves it out too)"
+        elif not q.text.strip():
+            skipped[q.id] = "empty query text"
+        else:
+            keep.append(q)
+    for qid in qrels:
+        if qid not in seen:
+            skipped[qid] = "judged in the qrels but not in queries.jsonl (or rejected there)"
+    return keep, skipped
+
+
+def evaluate(systems: Mapping[str, System], queries: Sequence[QueryRow],
+             qrels: Mapping[str, Mapping[str, int]], *, group_by: str | None = None,
+             skipped: Mapping[str, str] | None = None, on_query: Callable[[], None] = lambda: None) -> Evaluation:
+    """Run every system on every query, then measure. ``queries`` should come from
+    :func:`judged_queries`; ``group_by`` names a query field (e.g. ``intent``) to break results
+    down by."""
+    import ir_measures
+
+    measures = [ir_measures.parse_measure(name) for name in MEASURE_NAMES]
+    results = {name: SystemResult(name) for name in systems}
+    for system in systems.values():
+        system.prepare(queries)
+    groups: dict[str, list[str]] = {}
+    for q in queries:
+        for name, system in systems.items():
+            results[name].rankings[q.id] = system.rank(q)
+        if group_by:
+            groups.setdefault(str(q.fields.get(group_by, "")), []).append(q.id)
         on_query()
-    return evaluation
+    query_ids = [q.id for q in queries]
+    judged = {qid: {d: int(g) for d, g in qrels[qid].items()} for qid in query_ids}
+    for name, result in results.items():
+        run = {qid: {d: float(len(r.doc_ids) - i) for i, d in enumerate(r.doc_ids)}
+               for qid, r in result.rankings.items() if r.doc_ids}
+        per_query: dict[str, dict[str, float]] = {qid: dict.fromkeys(MEASURE_NAMES, 0.0) for qid in query_ids}
+        for metric in ir_measures.iter_calc(measures, judged, run):
+            if metric.query_id in per_query:
+                per_query[metric.query_id][str(metric.measure)] = float(metric.value)
+        for qid in query_ids:
+            pool = result.rankings[qid].candidates
+            if pool is not None:
+                relevant = {d for d, g in judged[qid].items() if g > 0}
+                per_query[qid]["candidate_recall"] = len(relevant & pool) / len(relevant)
+        result.per_query = per_query
+    return Evaluation(results, query_ids, dict(skipped or {}), groups)
 
 
-def to_json(summaries: Sequence[dict], meta: Mapping) -> str:
-    return json.dumps({"meta": dict(meta), "systems": list(summaries)}, indent=2, default=float)
+def pipeline_systems(pipeline: Any, budgets: Mapping[str, int], *, depth: int = 100) -> dict[str, System]:
+    """Each arm of ``budgets`` alone and their fused union (labelled by its fusion), all served
+    from one search per query."""
+    searches = PipelineSearches(pipeline, budgets, depth=depth)
+    systems: dict[str, System] = {name: searches.arm(name) for name in budgets}
+    systems[pipeline.fuser.label] = searches.union()
+    return systems
+
+
+def evaluate_pipeline(pipeline: Any, dataset: Any, queries: Sequence[QueryRow],
+                      qrels: Mapping[str, Mapping[str, int]], *, budgets: Mapping[str, int], depth: int = 100,
+                      baselines: bool = True, embedding_cache: Any = None, group_by: str | None = None,
+                      skipped: Mapping[str, str] | None = None,
+                      on_query: Callable[[], None] = lambda: None) -> Evaluation:
+    """The standard table: every arm, the union, and (``baselines``) the textbook anchors of
+    :mod:`orchestrator.baselines` computed on the same documents and queries."""
+    systems = pipeline_systems(pipeline, budgets, depth=depth)
+    if baselines:
+        from .baselines import reference_systems
+
+        vectors = pipeline.encode_queries([q.text for q in queries])
+        systems.update(reference_systems(dataset, queries, vectors, depth=depth, encoder=pipeline.encoder,
+                                         embedding_cache=embedding_cache))
+    return evaluate(systems, queries, qrels, group_by=group_by, skipped=skipped, on_query=on_query)

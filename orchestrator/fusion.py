@@ -22,7 +22,8 @@ strategy's documents in the union (with its provenance) but adds nothing to thei
 
 Rules shared by both methods
 ----------------------------
-* **Failed strategies** (``error`` set) contribute nothing, whatever their ``hits`` hold.
+* **Strategies that did not run cleanly** (status other than ``ok``: failed, timed out, not
+  applicable) contribute nothing, whatever their ``hits`` hold.
 * **Duplicate doc ids inside one strategy's list** keep the best (lowest) rank and the score of
   that occurrence (the higher finite score when they share the rank); the other occurrences are
   dropped. Ranks below 1 are read as 1 so that RRF's
@@ -49,10 +50,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .datatypes import FusedHit, Hit, Provenance, StrategyResult
 
 __all__ = [
     "FUSION_METHODS",
+    "Fusion",
+    "RRF",
+    "WeightedScores",
+    "make_fusion",
     "NORMALIZATIONS",
     "FusedHit",
     "Hit",
@@ -63,49 +70,6 @@ __all__ = [
     "union",
     "weighted_score_fusion",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One hit of one strategy."""
-
-    doc_id: str
-    rank: int  # 1-based rank within the strategy's list
-    score: float  # the strategy's raw score
-
-
-@dataclass(frozen=True, slots=True)
-class StrategyResult:
-    """The candidate list one strategy returned for one query."""
-
-    strategy: str
-    hits: tuple[Hit, ...]
-    budget: int  # how many candidates were asked for
-    took_ms: float | None = None  # OpenSearch's took
-    error: str | None = None  # set when the strategy failed/timed out (hits then empty)
-
-
-@dataclass(frozen=True, slots=True)
-class Provenance:
-    """Where a fused hit came from: one strategy, its rank and raw score there."""
-
-    strategy: str
-    rank: int
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class FusedHit:
-    """One document of the fused list."""
-
-    doc_id: str
-    score: float  # fused score
-    provenance: tuple[Provenance, ...]  # every strategy that found it, in strategy order of the input
-
-    @property
-    def strategies(self) -> tuple[str, ...]:
-        """Names of the strategies that found the document, in input order."""
-        return tuple(p.strategy for p in self.provenance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +103,7 @@ def _live(results: Sequence[StrategyResult]) -> tuple[list[str], list[dict[str, 
     names: list[str] = []
     lists: list[dict[str, _Entry]] = []
     for result in results:
-        if result.error is not None:
+        if not result.ok:
             continue
         names.append(result.strategy)
         lists.append(_dedup(result.hits or ()))
@@ -263,29 +227,8 @@ def reciprocal_rank_fusion(
     weights: Mapping[str, float] | None = None,
     limit: int | None = None,
 ) -> list[FusedHit]:
-    """Reciprocal rank fusion: ``score(d) = Σ_s w_s / (k + rank_s(d))``.
-
-    ``k`` (> 0, finite) damps the head: with the customary k = 60 rank 1 is worth 1/61 and rank
-    10 is worth 1/70, so agreement between strategies outweighs a single top rank. ``weights``
-    maps strategy name to w_s (default 1.0). Returns at most ``limit`` hits in the order of the
-    module docstring.
-    """
-    try:
-        k_value = float(k)
-    except (TypeError, ValueError):
-        raise ValueError(f"k must be a number, got {k!r}") from None
-    if not math.isfinite(k_value) or k_value <= 0.0:
-        raise ValueError(f"k must be finite and > 0, got {k!r}")
-    resolved, names, lists = _prepare(results, weights, limit)
-
-    score: dict[str, float] = {}
-    best: dict[str, int] = {}
-    found: dict[str, int] = {}
-    for i in _summation_order(names):
-        weight = resolved[names[i]]
-        for doc_id, (rank, _raw) in lists[i].items():
-            _add(score, best, found, doc_id, rank, weight / (k_value + rank))
-    return _rank_and_build(score, best, found, names, lists, limit)
+    """Reciprocal rank fusion: ``score(d) = Σ_s w_s / (k + rank_s(d))``; see :class:`RRF`."""
+    return RRF(k=k, weights=weights).fuse(results, limit=limit)
 
 
 def _finite(value) -> float | None:
@@ -353,7 +296,81 @@ def weighted_score_fusion(
     normalization: str = "minmax",
     limit: int | None = None,
 ) -> list[FusedHit]:
-    """Weighted sum of normalised scores: ``score(d) = Σ_s w_s · norm_s(d)``, absent = 0.
+    """Weighted sum of normalised scores: ``score(d) = Σ_s w_s · norm_s(d)``; see :class:`WeightedScores`."""
+    return WeightedScores(normalization=normalization, weights=weights).fuse(results, limit=limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods: one base class owns the union, the weights and the order; each subclass is only
+# its formula for one strategy's list (as rank_bm25 does for its BM25 variants).
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A fusion method with its options, validated at construction. ``weights`` maps strategy
+    name to w_s (default 1.0 for every strategy); subclasses define :meth:`values`."""
+
+    weights: Mapping[str, float] | None = field(default=None, kw_only=True)
+
+    name = "fusion"
+
+    @property
+    def label(self) -> str:
+        """How tables name the union fused by this method, e.g. ``union (rrf k=60)``."""
+        return f"union ({self.name})"
+
+    def values(self, entries: Mapping[str, _Entry]) -> list[float]:
+        """The unweighted contribution of each document of one strategy's deduplicated list
+        ``{doc_id: (rank, raw score)}``, in the list's order."""
+        raise NotImplementedError
+
+    def fuse(self, results: Sequence[StrategyResult], *, limit: int | None = None) -> list[FusedHit]:
+        """Fused hits, best first, at most ``limit`` (order rules in the module docstring)."""
+        resolved, names, lists = _prepare(results, self.weights, limit)
+        score: dict[str, float] = {}
+        best: dict[str, int] = {}
+        found: dict[str, int] = {}
+        for i in _summation_order(names):
+            weight = resolved[names[i]]
+            entries = lists[i]
+            for (doc_id, (rank, _raw)), value in zip(entries.items(), self.values(entries)):
+                _add(score, best, found, doc_id, rank, weight * value)
+        return _rank_and_build(score, best, found, names, lists, limit)
+
+
+@dataclass(frozen=True)
+class RRF(Fusion):
+    """Reciprocal rank fusion: ``score(d) = Σ_s w_s / (k + rank_s(d))``.
+
+    ``k`` (> 0, finite) damps the head: with the customary k = 60 rank 1 is worth 1/61 and rank
+    10 is worth 1/70, so agreement between strategies outweighs a single top rank.
+    """
+
+    k: float = 60.0
+
+    name = "rrf"
+
+    def __post_init__(self) -> None:
+        try:
+            k_value = float(self.k)
+        except (TypeError, ValueError):
+            raise ValueError(f"k must be a number, got {self.k!r}") from None
+        if not math.isfinite(k_value) or k_value <= 0.0:
+            raise ValueError(f"k must be finite and > 0, got {self.k!r}")
+        object.__setattr__(self, "k", k_value)
+
+    @property
+    def label(self) -> str:
+        return f"union (rrf k={self.k:g})"
+
+    def values(self, entries: Mapping[str, _Entry]) -> list[float]:
+        k = self.k
+        return [1.0 / (k + rank) for rank, _raw in entries.values()]
+
+
+@dataclass(frozen=True)
+class WeightedScores(Fusion):
+    """Weighted sum of normalised scores: ``score(d) = Σ_s w_s · norm_s(score_s(d))``, absent = 0.
 
     ``normalization`` (computed per strategy over its deduplicated list):
 
@@ -362,21 +379,36 @@ def weighted_score_fusion(
     * ``"max"``: ``s / max``; when max <= 0 the list falls back to min-max;
     * ``"none"``: raw scores, for strategies already on one scale.
     """
-    normalize = NORMALIZATIONS.get(normalization) if isinstance(normalization, str) else None
-    if normalize is None:
-        raise ValueError(f"unknown normalization {normalization!r}; choose one of {sorted(NORMALIZATIONS)}")
-    resolved, names, lists = _prepare(results, weights, limit)
 
-    score: dict[str, float] = {}
-    best: dict[str, int] = {}
-    found: dict[str, int] = {}
-    for i in _summation_order(names):
-        weight = resolved[names[i]]
-        entries = lists[i]
-        normalized = normalize([_finite(raw) for _rank, raw in entries.values()])
-        for (doc_id, (rank, _raw)), value in zip(entries.items(), normalized):
-            _add(score, best, found, doc_id, rank, weight * value)
-    return _rank_and_build(score, best, found, names, lists, limit)
+    normalization: str = "minmax"
+
+    name = "weighted"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.normalization, str) or self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}; choose one of {sorted(NORMALIZATIONS)}")
+
+    @property
+    def label(self) -> str:
+        return f"union (weighted {self.normalization})"
+
+    def values(self, entries: Mapping[str, _Entry]) -> list[float]:
+        return NORMALIZATIONS[self.normalization]([_finite(raw) for _rank, raw in entries.values()])
+
+
+FUSION_CLASSES: dict[str, type[Fusion]] = {"rrf": RRF, "weighted": WeightedScores}
+
+
+def make_fusion(method: str = "rrf", **options) -> Fusion:
+    """A :class:`Fusion` by name (``rrf`` or ``weighted``) with its options (``k``, ``weights``,
+    ``normalization``); unknown names and options are a ``ValueError``."""
+    cls = FUSION_CLASSES.get(method) if isinstance(method, str) else None
+    if cls is None:
+        raise ValueError(f"unknown fusion method {method!r}; choose one of {sorted(FUSION_CLASSES)}")
+    try:
+        return cls(**options)
+    except TypeError as e:
+        raise ValueError(f"bad options for {method} fusion: {e}") from None
 
 
 FUSION_METHODS: dict[str, Callable[..., list[FusedHit]]] = {

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import ltrr_home
+from .config import ConfigError, java_home, ltrr_home, maven_args, maven_executable, opensearch_version, plugin_zip
 
 JAVA_SOURCE = Path(__file__).with_name("java") / "EmbeddedNode.java"
 
@@ -70,7 +70,7 @@ class PluginSpec:
     coordinates: tuple[str, ...]
     exclude: tuple[str, ...] = ()
     required: bool = True
-    zip_env: str | None = None  # env var naming a local zip, used when Maven does not serve it
+    zip_env: str | None = None  # config.PLUGIN_ZIP_VARS entry naming a local zip, used when Maven does not serve it
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def default_version(env: dict[str, str] | None = None) -> str:
     """``LTRR_OPENSEARCH_VERSION`` when set; else the newest version this machine's Java can run
     (3.5.0 with a JDK 21+, otherwise 2.19.1 on Java 17)."""
     env = dict(os.environ) if env is None else env
-    chosen = env.get("LTRR_OPENSEARCH_VERSION")
+    chosen = opensearch_version(env)
     if chosen:
         if chosen not in DISTRIBUTIONS:
             raise NodeError(f"LTRR_OPENSEARCH_VERSION={chosen!r}: supported versions are {', '.join(DISTRIBUTIONS)}")
@@ -205,9 +205,10 @@ def find_java(min_feature: int, env: dict[str, str] | None = None) -> JavaRuntim
     those are too old and ``LTRR_JAVA_HOME`` is unset, the newest fitting JDK under ``JVM_DIRS``."""
     env = dict(os.environ) if env is None else env
     candidates: list[Path] = []
-    for var in ("LTRR_JAVA_HOME", "JAVA_HOME"):
-        if env.get(var):
-            candidates.append(Path(env[var]) / "bin" / "java")
+    ltrr_java_home = java_home(env)
+    for home in (ltrr_java_home, Path(env["JAVA_HOME"]) if env.get("JAVA_HOME") else None):
+        if home is not None:
+            candidates.append(home / "bin" / "java")
     on_path = shutil.which("java", path=env.get("PATH"))
     if on_path:
         candidates.append(Path(on_path).resolve())
@@ -233,7 +234,7 @@ def find_java(min_feature: int, env: dict[str, str] | None = None) -> JavaRuntim
         home = java.parent.parent
         javac = home / "bin" / "javac"
         return JavaRuntime(java, javac if javac.exists() else None, feature, home)
-    if too_old and not env.get("LTRR_JAVA_HOME"):
+    if too_old and ltrr_java_home is None:
         found: list[JavaRuntime] = []
         tried = {str(c.resolve()) for c in candidates if c.exists()}
         for root in JVM_DIRS:
@@ -276,7 +277,11 @@ def _java_feature(java: Path) -> int | None:
 def maven_fetch(artifact: str, dest: Path, *, mvn: str | None = None) -> Path:
     """Copy one artifact (no transitives) into ``dest`` with ``mvn``; Maven keeps its own cache in
     ``~/.m2`` and honours mirrors from ``~/.m2/settings.xml``. Returns the file."""
-    mvn = mvn or os.environ.get("LTRR_MVN") or shutil.which("mvn")
+    try:
+        mvn = mvn or maven_executable() or shutil.which("mvn")
+        extra = maven_args()
+    except ConfigError as e:
+        raise NodeError(str(e)) from None
     if not mvn:
         raise NodeError(
             "Maven (mvn) not found: it fetches OpenSearch from Maven Central. Install it "
@@ -285,9 +290,8 @@ def maven_fetch(artifact: str, dest: Path, *, mvn: str | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [mvn, "-B", "-q", "dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={dest}",
            "-Dmdep.overWriteReleases=false", "-Dtransitive=false"]
-    extra = os.environ.get("LTRR_MAVEN_ARGS")
     if extra:
-        cmd[1:1] = extra.split()
+        cmd[1:1] = extra
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
     parts = artifact.split(":")
     name, version = parts[1], parts[2]
@@ -377,11 +381,12 @@ def install(version: str | None = None, *, home_root: Path | None = None,
         for plugin in dist.plugins:
             zip_path: Path | None = None
             errors: list[str] = []
-            local = os.environ.get(plugin.zip_env) if plugin.zip_env else None
+            try:
+                local = plugin_zip(plugin.zip_env) if plugin.zip_env else None
+            except ConfigError as e:
+                raise NodeError(str(e)) from None
             if local:
-                zip_path = Path(local).expanduser()
-                if not zip_path.is_file():
-                    raise NodeError(f"{plugin.zip_env}={local!r} is not a file")
+                zip_path = local
             else:
                 for coordinate in plugin.coordinates:
                     try:
@@ -525,6 +530,14 @@ class LocalNode:
         self.state_file.unlink(missing_ok=True)
         return None
 
+    def dead_pid(self) -> int | None:
+        """The pid in the state file when that process is gone (the node died or was killed
+        without ``stop``), else None. Unlike :meth:`running_pid` it leaves the file in place."""
+        pid = self._state().get("pid")
+        if not pid or (_pid_alive(pid) and _is_our_java(pid)):
+            return None
+        return pid
+
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self, *, timeout_s: float = 180.0, log: Callable[[str], None] = lambda s: None) -> NodeInfo:
         """Start the node and wait until it answers, is at least yellow, and is *this* process
@@ -538,6 +551,11 @@ class LocalNode:
     def _start_locked(self, timeout_s: float, log: Callable[[str], None]) -> NodeInfo:
         pid = self.running_pid()
         if pid:
+            port = self._state().get("port", self.port)
+            if port != self.port:  # one local node per node_dir: it cannot also run on self.port
+                raise NodeError(
+                    f"a local node is already running on port {port} (pid {pid}), not on {self.port}; "
+                    f"stop it first (ltrr node stop), or use it: OPENSEARCH_URL=http://127.0.0.1:{port}")
             raise NodeAlreadyRunning(f"a node is already running (pid {pid}) at {self.url}")
         if _port_in_use(self.port):
             raise NodeError(

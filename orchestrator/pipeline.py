@@ -15,12 +15,20 @@ from typing import Any
 
 from opensearchpy import OpenSearch
 
-from .fusion import FusedHit, StrategyResult, fuse
+from .datatypes import ArmStatus, FusedHit, StrategyResult
+from .filters import FilterError, FilterFields, build_filter_clauses
+from .fusion import Fusion, make_fusion
 from .strategies import QueryPlan, StrategyCall, StrategyExecutor, load_plans
-from .understanding import DictionaryCache, FacetDictionary, QueryUnderstander, QueryUnderstanding
+from .understanding import (
+    MAX_QUERY_CHARS,
+    DictionaryCache,
+    FacetDictionary,
+    QueryUnderstander,
+    QueryUnderstanding,
+    normalize_query,
+)
 
 DEFAULT_BUDGET = 50
-MAX_QUERY_CHARS = 10_000
 
 
 class QueryError(ValueError):
@@ -54,77 +62,145 @@ class SearchResponse:
 
     @property
     def errors(self) -> dict[str, str]:
+        """Arms that failed or timed out, with the reason (arms that did not apply are not errors)."""
         return {r.strategy: r.error for r in self.strategy_results if r.error}
+
+    @property
+    def all_failed(self) -> bool:
+        """Every arm that was run failed: the (empty) answer is an outage, not "no match"."""
+        ran = [r for r in self.strategy_results if r.status is not ArmStatus.NOT_APPLICABLE]
+        return bool(ran) and all(r.error for r in ran)
 
     @property
     def candidates(self) -> set[str]:
         return {h.doc_id for r in self.strategy_results for h in r.hits}
 
 
+@dataclass(frozen=True)
+class CatalogueInfo:
+    """What the loader recorded about a catalogue index (its mapping's ``_meta.ltrr``)."""
+
+    facets: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    fields_present: Mapping[str, int] | None = None  # field -> documents holding it; None: not recorded
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> CatalogueInfo:
+        present = meta.get("fields_present")
+        return cls(tuple(meta.get("facets", ())), tuple(meta.get("numeric", ())),
+                   dict(present) if isinstance(present, Mapping) else None)
+
+
 @dataclass
 class SearchPipeline:
-    """Runs searches against one catalogue alias."""
+    """Runs searches against one catalogue alias: understanding -> applicable arms -> one
+    _msearch/template -> fusion. ``fusion`` is a :class:`~orchestrator.fusion.Fusion` or a method
+    name with ``fusion_options``."""
 
     client: OpenSearch
     index: str
     plans: Mapping[str, QueryPlan] = field(default_factory=load_plans)
-    encoder: Any = None  # SentenceEncoder, or None to skip the knn strategy
-    fusion: str = "rrf"
+    encoder: Any = None  # SentenceEncoder, or None: plans that need a query vector do not apply
+    fusion: Fusion | str = "rrf"
     fusion_options: Mapping[str, Any] = field(default_factory=dict)
     timeout_ms: int = 1000
     dictionary_cache: DictionaryCache | None = None
 
     def __post_init__(self) -> None:
         self.executor = StrategyExecutor(self.client, self.plans)
-        self._facets: tuple[str, ...] | None = None
+        self.fuser = self.fusion if isinstance(self.fusion, Fusion) else make_fusion(self.fusion, **self.fusion_options)
+        self._catalogue: CatalogueInfo | None = None
+        self._filter_fields: FilterFields | None = None
         if self.dictionary_cache is None:
             self.dictionary_cache = DictionaryCache(self.client)
 
     # ---- catalogue metadata --------------------------------------------------------------
-    def facet_fields(self) -> tuple[str, ...]:
-        """The facet fields the loaded dataset declared (kept in the index mapping's _meta)."""
-        if self._facets is None:
+    def catalogue(self) -> CatalogueInfo:
+        """The catalogue's recorded facts (read once from the index mapping's _meta)."""
+        if self._catalogue is None:
             mapping = self.client.indices.get_mapping(index=self.index)
             meta = next(iter(mapping.values()))["mappings"].get("_meta", {}).get("ltrr", {})
-            self._facets = tuple(meta.get("facets", ()))
-        return self._facets
+            self._catalogue = CatalogueInfo.from_meta(meta)
+            self._filter_fields = FilterFields.from_meta(meta)
+        return self._catalogue
+
+    def facet_fields(self) -> tuple[str, ...]:
+        """The facet fields the loaded dataset declared (kept in the index mapping's _meta)."""
+        return self.catalogue().facets
+
+    def filter_fields(self) -> FilterFields:
+        """The fields request filters may name: the catalogue's facet and numeric fields (from the
+        mapping's _meta.ltrr) and entity_type."""
+        self.catalogue()
+        assert self._filter_fields is not None
+        return self._filter_fields
 
     def dictionary(self) -> FacetDictionary | None:
         fields = self.facet_fields()
         if not fields:
             return None
+        assert self.dictionary_cache is not None
         return self.dictionary_cache.get(self.index, fields)
 
     def understander(self) -> QueryUnderstander:
         return QueryUnderstander(self.dictionary())
 
+    # ---- query vectors: one path for searching and evaluating ---------------------------
+    def encode_queries(self, texts: Sequence[str]) -> Any:
+        """Query vectors as :meth:`search` computes them (of the normalised text), in one batch;
+        None without an encoder."""
+        if self.encoder is None or not texts:
+            return None
+        return self.encoder.encode([normalize_query(t) for t in texts])
+
+    def _needs_vector(self, plan_ids: Sequence[str]) -> bool:
+        return any(p.type == "vector" for plan_id in plan_ids if (plan := self.plans.get(plan_id)) for p in plan.params)
+
     # ---- the search ----------------------------------------------------------------------
     def calls_for(self, u: QueryUnderstanding, vector: Sequence[float] | None, budgets: Mapping[str, int],
-                  filters: Sequence[Mapping[str, Any]] = ()) -> list[StrategyCall]:
-        """Parameters for each chosen strategy, from the query's understanding."""
+                  filters: Sequence[Mapping[str, Any]] = ()) -> tuple[list[StrategyCall], list[StrategyResult]]:
+        """Parameters for each chosen strategy that applies to this query and catalogue, and a
+        NOT_APPLICABLE result for each one that does not (with the reason)."""
         filters = [dict(f) for f in filters]
         slot_clauses = [{"term": {s.field: {"value": s.value, "boost": 1.0 + s.confidence}}} for s in u.slots]
-        # Every plan, shipped or added by a YAML file alone, takes the inputs it declares.
+        # Every plan, shipped or added by a YAML file alone, takes the inputs it declares; a
+        # vector parameter gets the query's vector whatever its name.
         inputs = {"query": u.normalized, "remaining": u.remaining_text, "key": u.key if u.normalized else "",
-                  "vector": vector, "filters": filters, "slot_clauses": slot_clauses}
-        calls = []
+                  "filters": filters, "slot_clauses": slot_clauses}
+        present = self.catalogue().fields_present
+        calls: list[StrategyCall] = []
+        skipped: list[StrategyResult] = []
         for plan_id, budget in budgets.items():
             plan = self.plans.get(plan_id)
-            declared = {p.name for p in plan.params} if plan is not None else set()
-            values = {k: v for k, v in inputs.items() if k in declared}
-            calls.append(StrategyCall(plan_id, int(budget), values, self.timeout_ms))
-        return calls
+            if plan is None:  # the executor reports it as a failed arm
+                calls.append(StrategyCall(plan_id, int(budget), {}, self.timeout_ms))
+                continue
+            values = {p.name: vector if p.type == "vector" else inputs[p.name]
+                      for p in plan.params if p.type == "vector" or p.name in inputs}
+            reason = plan.why_not_applicable(values, query_tokens=len(u.tokens), catalogue_fields=present)
+            if reason is not None:
+                skipped.append(StrategyResult.not_applicable(plan_id, int(budget), reason))
+            else:
+                calls.append(StrategyCall(plan_id, int(budget), values, self.timeout_ms))
+        return calls, skipped
 
     def search(self, query: str, *, strategies: Sequence[str] | None = None,
                budgets: Mapping[str, int] | None = None, size: int = 10,
-               filters: Sequence[Mapping[str, Any]] = (), understander: QueryUnderstander | None = None,
+               filters: Mapping[str, Any] | None = None, understander: QueryUnderstander | None = None,
                vector: Sequence[float] | None = None) -> SearchResponse:
+        """``filters`` is ``{field: value | [values] | {"gte": x, "lte": y}}`` on the catalogue's
+        declared fields (see orchestrator.filters); never query DSL. ``vector`` is the query's
+        vector when already computed (see :meth:`encode_queries`)."""
         if not isinstance(query, str):
             raise QueryError("query must be a string")
         if len(query) > MAX_QUERY_CHARS:
             raise QueryError(f"query is {len(query)} characters; the limit is {MAX_QUERY_CHARS}")
-        if not 1 <= size <= 1000:
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1000:
             raise QueryError("size must be between 1 and 1000")
+        try:  # request filters -> term/terms/range clauses, from a whitelist of fields
+            clauses = build_filter_clauses(filters, self.filter_fields()) if filters else []
+        except FilterError as e:
+            raise QueryError(str(e)) from None
         t0 = time.perf_counter()
         u = (understander or self.understander()).understand(query)
         if not u.normalized:
@@ -136,20 +212,26 @@ class SearchPipeline:
         unknown = [s for s in budgets if s not in self.plans]
         if unknown:
             raise QueryError(f"unknown strategies {unknown}; known: {sorted(self.plans)}")
+        bad = {s: b for s, b in budgets.items() if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 1000}
+        if bad:
+            raise QueryError(f"budgets must be integers between 1 and 1000, got {bad}")
         embed_ms = 0.0
-        if vector is None and "knn" in budgets and self.encoder is not None:
+        if vector is None and self.encoder is not None and self._needs_vector(list(budgets)):
             te = time.perf_counter()
             vector = self.encoder.encode_one(u.normalized)
             embed_ms = (time.perf_counter() - te) * 1000
         t2 = time.perf_counter()
-        report = self.executor.run(self.index, self.calls_for(u, vector, budgets, filters))
+        calls, skipped = self.calls_for(u, vector, budgets, clauses)
+        report = self.executor.run(self.index, calls)
+        order = {name: i for i, name in enumerate(budgets)}
+        results = tuple(sorted((*report.results, *skipped), key=lambda r: order.get(r.strategy, len(order))))
         t3 = time.perf_counter()
-        fused = fuse(report.results, self.fusion, limit=size, **dict(self.fusion_options))
+        fused = self.fuser.fuse(results, limit=size)
         t4 = time.perf_counter()
         timings = Timings(
             understand_ms=(t1 - t0) * 1000, embed_ms=embed_ms, execute_wall_ms=(t3 - t2) * 1000,
             opensearch_took_ms=report.took_ms, fusion_ms=(t4 - t3) * 1000, total_ms=(t4 - t0) * 1000)
-        return SearchResponse(uuid.uuid4().hex, query, u, tuple(fused), report.results, timings, report.round_trips)
+        return SearchResponse(uuid.uuid4().hex, query, u, tuple(fused), results, timings, report.round_trips)
 
     def fetch_sources(self, ids: Sequence[str], fields: Sequence[str] = ("title", "entity_type")) -> dict[str, dict]:
         """Display fields for hits (a separate, cheap mget: strategies return ids only)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -31,15 +30,15 @@ from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import ConnectionTimeout, NotFoundError, SerializationError, TransportError
 
-from .fusion import Hit, StrategyResult
+from .config import ConfigError, query_plans_dir
+from .datatypes import ArmStatus, Hit, StrategyResult
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 _KEY_RE = re.compile(r"^q_[0-9a-f]{16}$")
 _PLAN_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TAG_RE = re.compile(r"\{\{\s*([#^/]?)\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 PARAM_TYPES = ("string", "integer", "number", "boolean", "object_list", "vector", "key")
 TIMEOUT_PARAM = "timeout"
-NOT_APPLICABLE = "not applicable to this query"  # the error of a plan skipped by skip_if_empty
+NOT_APPLICABLE = "not applicable to this query"  # the detail of a plan whose `applies.nonempty` input is empty
 # Only what _to_result reads: a smaller response is faster to send and to parse.
 MSEARCH_FILTER_PATH = ",".join([
     "took", "responses.took", "responses.timed_out", "responses.status", "responses.error",
@@ -56,7 +55,11 @@ class ParamError(ValueError):
 
 
 def plans_dir() -> Path:
-    return Path(os.environ.get("LTRR_QUERY_PLANS", REPO_ROOT / "query_plans"))
+    """``LTRR_QUERY_PLANS``, else the installed ``query_plans/`` (package data)."""
+    try:
+        return query_plans_dir()
+    except ConfigError as e:
+        raise PlanError(str(e)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +74,15 @@ class ParamSpec:
     dimension: int | None = None
 
     def coerce(self, value: Any) -> Any:
-        """Check ``value`` against the type; strings longer than ``max_length`` are cut (a query is
-        never that long; the cut keeps the answer useful instead of failing it)."""
+        """Check ``value`` against the type. Nothing is cut silently: a string longer than
+        ``max_length`` is an error (plans that only suit short queries say so in ``applies``)."""
         t = self.type
         if t == "string":
             if not isinstance(value, str):
                 raise ParamError(f"{self.name}: expected a string, got {type(value).__name__}")
-            return value[: self.max_length] if self.max_length else value
+            if self.max_length and len(value) > self.max_length:
+                raise ParamError(f"{self.name}: {len(value)} characters; the limit is {self.max_length}")
+            return value
         if t in ("integer", "number"):
             try:
                 finite = math.isfinite(value)
@@ -126,6 +131,28 @@ class ParamSpec:
         raise ParamError(f"{self.name}: unknown type {t}")
 
 
+@dataclass(frozen=True, slots=True)
+class Applicability:
+    """When a plan applies, decided before it runs (and, with the bandit, before it is chosen).
+
+    YAML (all optional)::
+
+        applies:
+          nonempty: [query]        # these inputs must not be empty (no slots -> no structured arm)
+          max_query_tokens: 6      # longer queries are prose, not what this plan is for
+          needs_fields: [title]    # some document of the catalogue must hold these fields
+    """
+
+    nonempty: tuple[str, ...] = ()
+    max_query_tokens: int | None = None
+    needs_fields: tuple[str, ...] = ()
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (
+        isinstance(value, (list, tuple, np.ndarray)) and len(value) == 0)
+
+
 @dataclass(frozen=True)
 class QueryPlan:
     """One retrieval strategy: a validated query_plans/*.yaml file."""
@@ -136,7 +163,7 @@ class QueryPlan:
     params: tuple[ParamSpec, ...]
     fields: tuple[str, ...] = ()
     cost: float = 1.0
-    skip_if_empty: tuple[str, ...] = ()
+    applies: Applicability = Applicability()
     example: Mapping[str, Any] = field(default_factory=dict)
     path: str = ""
 
@@ -155,9 +182,30 @@ class QueryPlan:
                 return p
         raise KeyError(name)
 
+    def why_not_applicable(self, values: Mapping[str, Any], *, query_tokens: int,
+                           catalogue_fields: Mapping[str, int] | None = None) -> str | None:
+        """Why this plan does not apply to a query with these input ``values`` and ``query_tokens``
+        tokens on a catalogue whose documents hold ``catalogue_fields`` (field -> documents; None
+        when unknown); None when it applies. See :class:`Applicability`."""
+        rules = self.applies
+        for name in rules.nonempty:
+            if _empty(values.get(name)):
+                return f"no {name} for this query"
+        if rules.max_query_tokens is not None and query_tokens > rules.max_query_tokens:
+            return f"query has {query_tokens} tokens; this plan is for at most {rules.max_query_tokens}"
+        for p in self.params:  # an input the plan cannot take whole: not applicable, never cut
+            value = values.get(p.name)
+            if p.max_length and isinstance(value, str) and len(value) > p.max_length:
+                return f"{p.name} has {len(value)} characters; this plan takes at most {p.max_length}"
+        if catalogue_fields is not None:
+            missing = [f for f in rules.needs_fields if not catalogue_fields.get(f)]
+            if missing:
+                return f"no document of the catalogue has {', '.join(missing)}"
+        return None
+
     def build_params(self, values: Mapping[str, Any], *, timeout_ms: int) -> dict[str, Any] | None:
-        """Typed, defaulted parameters for a search; None when a ``skip_if_empty`` param is empty
-        (the plan does not apply to this query, e.g. ``structured`` without slots)."""
+        """Typed, defaulted parameters for a search; None when an ``applies.nonempty`` input is
+        empty (the plan does not apply to this query, e.g. ``structured`` without slots)."""
         unknown = set(values) - {p.name for p in self.params}
         if unknown:
             raise ParamError(f"{self.id}: unknown parameters {sorted(unknown)}")
@@ -169,12 +217,10 @@ class QueryPlan:
                 out[p.name] = p.coerce(p.default)
             elif p.required or p.type in ("integer", "number", "boolean"):
                 raise ParamError(f"{self.id}: parameter {p.name!r} is required")
-            else:  # absent text or list: empty (skip_if_empty then decides whether the plan runs)
+            else:  # absent text or list: empty (applies.nonempty then decides whether the plan runs)
                 out[p.name] = p.coerce("" if p.type in ("string", "key") else [])
-        for name in self.skip_if_empty:
-            value = out.get(name)
-            if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
-                return None
+        if any(_empty(out.get(name)) for name in self.applies.nonempty):
+            return None
         if not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= 600_000:
             raise ParamError(f"timeout must be 1..600000 ms, got {timeout_ms!r}")
         out[TIMEOUT_PARAM] = f"{timeout_ms}ms"
@@ -284,6 +330,26 @@ def _inside_json_string(prefix: str) -> bool:
     return inside
 
 
+def _parse_applies(plan_file: str, raw: Any) -> Applicability:
+    if raw is None:
+        return Applicability()
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"{plan_file}: applies must be a mapping")
+    unknown = set(raw) - {"nonempty", "max_query_tokens", "needs_fields"}
+    if unknown:
+        raise PlanError(f"{plan_file}: applies has unknown keys {sorted(unknown)}")
+    max_tokens = raw.get("max_query_tokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise PlanError(f"{plan_file}: applies.max_query_tokens must be an integer >= 1")
+    lists = {}
+    for key in ("nonempty", "needs_fields"):
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PlanError(f"{plan_file}: applies.{key} must be a list of names")
+        lists[key] = tuple(value)
+    return Applicability(lists["nonempty"], max_tokens, lists["needs_fields"])
+
+
 def load_plan(path: Path) -> QueryPlan:
     try:
         raw = yaml.safe_load(path.read_text())
@@ -291,7 +357,7 @@ def load_plan(path: Path) -> QueryPlan:
         raise PlanError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, Mapping):
         raise PlanError(f"{path}: expected a mapping")
-    allowed = {"id", "description", "cost", "fields", "params", "skip_if_empty", "example", "template"}
+    allowed = {"id", "description", "cost", "fields", "params", "applies", "example", "template"}
     unknown = set(raw) - allowed
     if unknown:
         raise PlanError(f"{path}: unknown keys {sorted(unknown)}")
@@ -308,12 +374,12 @@ def load_plan(path: Path) -> QueryPlan:
     plan = QueryPlan(
         id=raw["id"], description=" ".join(str(raw.get("description", "")).split()), template=str(raw["template"]),
         params=params, fields=tuple(raw.get("fields", ())), cost=float(raw.get("cost", 1.0)),
-        skip_if_empty=tuple(raw.get("skip_if_empty", ())), example=raw.get("example") or {}, path=str(path))
+        applies=_parse_applies(str(path), raw.get("applies")), example=raw.get("example") or {}, path=str(path))
     if plan.cost <= 0:
         raise PlanError(f"{path}: cost must be positive")
-    for name in plan.skip_if_empty:
+    for name in plan.applies.nonempty:
         if name not in {p.name for p in params}:
-            raise PlanError(f"{path}: skip_if_empty names unknown parameter {name!r}")
+            raise PlanError(f"{path}: applies.nonempty names unknown parameter {name!r}")
     check_template(plan)
     return plan
 
@@ -352,7 +418,7 @@ def sync_plans(client: OpenSearch, plans: Mapping[str, QueryPlan]) -> list[SyncR
         try:
             params = plan.build_params(plan.example_params(), timeout_ms=1000)
             if params is None:
-                raise PlanError("the example leaves a skip_if_empty parameter empty")
+                raise PlanError("the example leaves an applies.nonempty parameter empty")
             try:
                 rendered = client.render_search_template(id=plan.script_id, body={"params": params})
             except SerializationError:
@@ -394,7 +460,11 @@ class StrategyExecutor:
     """Runs strategy calls against an index. Failures are per strategy: a failing, timed-out or
     inapplicable strategy yields an empty result with ``error`` set while the others are served."""
 
-    def __init__(self, client: OpenSearch, plans: Mapping[str, QueryPlan], *, margin_ms: int = 2000):
+    # The _msearch's request timeout is the search's deadline: the slowest strategy's timeout plus
+    # this margin (the node's own "timeout" stops collecting at the strategy timeout; the margin
+    # covers the reduce and the network). Give the executor a client without retries
+    # (make_client(retries=False)), or a retry would start the wait again.
+    def __init__(self, client: OpenSearch, plans: Mapping[str, QueryPlan], *, margin_ms: int = 500):
         self.client = client
         self.plans = dict(plans)
         self.margin_ms = margin_ms
@@ -412,15 +482,15 @@ class StrategyExecutor:
         for i, call in enumerate(calls):
             plan = self.plans.get(call.plan)
             if plan is None:
-                results[i] = StrategyResult(call.plan, (), call.budget, None, f"unknown strategy {call.plan!r}")
+                results[i] = StrategyResult.failed(call.plan, call.budget, f"unknown strategy {call.plan!r}")
                 continue
             try:
                 params = plan.build_params({**call.params, "size": call.budget}, timeout_ms=call.timeout_ms)
             except (ParamError, TypeError, ValueError) as e:
-                results[i] = StrategyResult(call.plan, (), call.budget, None, f"bad parameters: {e}")
+                results[i] = StrategyResult.failed(call.plan, call.budget, f"bad parameters: {e}")
                 continue
             if params is None:
-                results[i] = StrategyResult(call.plan, (), call.budget, None, NOT_APPLICABLE)
+                results[i] = StrategyResult.not_applicable(call.plan, call.budget, NOT_APPLICABLE)
                 continue
             body.append({"index": index})
             body.append({"id": plan.script_id, "params": params})
@@ -452,23 +522,35 @@ class StrategyExecutor:
         return ExecutionReport(final, wall_ms, max_took, round_trips, total_took or max_took)
 
 
+_MISSING_SCRIPT_RE = re.compile(r"unable to find script \[([^\]]{1,200})\]")
+_NONE_RENDERED = "no requests added"
+
+
 def _to_result(call: StrategyCall, response: Mapping[str, Any]) -> StrategyResult:
     if "error" in response:
         err = response["error"]
         if isinstance(err, Mapping):
             cause = (err.get("root_cause") or [err])[0]
             reason = f"{cause.get('type', 'error')}: {cause.get('reason', '')}"[:500]
+            missing = _MISSING_SCRIPT_RE.search(str(cause.get("reason", "")))
+            if missing and cause.get("type") == "resource_not_found_exception":
+                reason = f"stored script {missing.group(1)} not found: run `ltrr plans sync`"
+            elif _NONE_RENDERED in str(cause.get("reason", "")):
+                # When no template of the _msearch resolves, OpenSearch fails the whole request
+                # this way instead of answering each item with its own error.
+                reason = ("OpenSearch rendered none of the strategies (stored scripts missing?): run "
+                          f"`ltrr plans sync`. {reason}")[:500]
         else:
             reason = str(err)[:500]
-        return StrategyResult(call.plan, (), call.budget, None, reason)
+        return StrategyResult.failed(call.plan, call.budget, reason)
     took = float(response.get("took", 0))
     if response.get("timed_out"):
-        return StrategyResult(call.plan, (), call.budget, took, f"timed out after {call.timeout_ms} ms")
+        return StrategyResult(call.plan, (), call.budget, took, ArmStatus.TIMED_OUT, f"timed out after {call.timeout_ms} ms")
     shards = response.get("_shards", {})
     if shards.get("failed"):
         failure = (shards.get("failures") or [{}])[0].get("reason", {})
-        return StrategyResult(call.plan, (), call.budget, took, f"shard failure: {failure.get('type', '')}: "
-                              f"{failure.get('reason', '')}"[:500])
+        return StrategyResult.failed(call.plan, call.budget, f"shard failure: {failure.get('type', '')}: "
+                                     f"{failure.get('reason', '')}"[:500], took)
     hits = tuple(Hit(h["_id"], rank, float(h.get("_score") or 0.0))
                  for rank, h in enumerate(response.get("hits", {}).get("hits", [])[: call.budget], start=1))
-    return StrategyResult(call.plan, hits, call.budget, took, None)
+    return StrategyResult(call.plan, hits, call.budget, took)

@@ -6,9 +6,10 @@ The first stage of the flow. Its output, :class:`QueryUnderstanding`, feeds
 * the **strategies** through the slots (``colour=blue``) and the text left after them;
 * the **contextual bandit** through :meth:`QueryUnderstanding.features` (:data:`FEATURE_NAMES`).
 
-Slots come from a :class:`FacetDictionary`: the values of keyword fields of the catalogue (one
-``terms`` aggregation per field), matched greedily on the query's tokens. :class:`DictionaryCache`
-keeps dictionaries in memory (and optionally on disk) with a TTL.
+Slots come from a :class:`FacetDictionary`: every value of the catalogue's keyword fields (paged
+with a ``composite`` aggregation per field, in their stored spelling), matched greedily on the
+query's tokens. :class:`DictionaryCache` keeps dictionaries in memory (and optionally on disk)
+with a TTL.
 
 Understanding never raises on odd text (empty, 10k characters, emoji, mixed scripts, JSON
 fragments): only a non-``str`` argument is a ``TypeError``.
@@ -48,10 +49,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_CHARS = 512
-"""Normalised queries are cut to this many characters. Real queries are a few words; longer text
-is a pasted document, a log line or an attack, and carries no more intent than its start. The cap
-also bounds the work of every later stage (tokens, slot lookups, query bodies)."""
+MAX_QUERY_CHARS = 10_000
+"""The longest query ltrr searches (the pipeline refuses longer ones as a client error, so nothing
+is cut silently). Real queries are a few words, but test collections hold paragraph-length
+questions, and every word of them counts for BM25. Normalisation can lengthen text (NFKC expands
+ligatures and some symbols); only such an expansion past the limit is cut. The cap bounds the work
+of every later stage (tokens, slot lookups, query bodies)."""
 
 # Raw text is cut to this many characters *before* normalising, so that a megabyte of input
 # costs no more than a few kilobytes. Whitespace and control characters shrink during
@@ -167,6 +170,18 @@ class _Choice:
     confidence: float
 
 
+MAX_DICTIONARY_VALUES = 1_000_000
+"""At most this many facet values (all fields, stored forms included) go into one dictionary;
+a catalogue with more gets a truncated dictionary and a logged warning."""
+
+STORED_FORMS_FIELD = "facets_all"
+"""The catalogue's plain keyword field holding every facet value as stored in ``_source``."""
+
+_MAX_PAGE = 10_000  # composite buckets per request (search.max_buckets is 65,535 by default)
+_ANALYZE_BATCH = 1_000  # texts per _analyze request (index.analyze.max_token_count: 10,000)
+_SIMPLE_FILTERS = frozenset({"lowercase", "asciifolding"})
+
+
 class FacetDictionary:
     """Normalised phrases (1-4 tokens) -> ``(field, canonical value, doc_count)``.
 
@@ -225,9 +240,23 @@ class FacetDictionary:
         return cls(mapping)
 
     @classmethod
-    def build(cls, client, index: str, fields: Sequence[str], size: int = 10000) -> FacetDictionary:
-        """Read the values of keyword ``fields`` of ``index`` with ONE search: ``size: 0`` and a
-        ``terms`` aggregation (top ``size`` values by doc count) per field.
+    def build(cls, client, index: str, fields: Sequence[str], size: int = 10000, *,
+              max_values: int = MAX_DICTIONARY_VALUES) -> FacetDictionary:
+        """Read every value of the keyword ``fields`` of ``index``, with its doc count.
+
+        Each field is paged with a ``composite`` aggregation (``size`` values per request, then
+        ``after_key``), so nothing is left out, up to ``max_values`` values in all (stored forms
+        included); beyond that a warning is logged and ``meta["truncated"]`` names what was not
+        read to the end. A truncated dictionary is never silent.
+
+        Canonical values are the values as stored in the documents' ``_source``. A field with a
+        normalizer (the catalogue's facet fields lowercase and fold to ASCII) aggregates to
+        normalized keys ("taylor swift"); their stored spellings ("Taylor Swift") come from
+        :data:`STORED_FORMS_FIELD` (``facets_all``, a plain keyword holding every facet value
+        as stored), matched to the keys through the field's own normalizer (``_analyze``, or
+        locally for ASCII text when the normalizer only lowercases and folds to ASCII). Several
+        spellings of one key: the most frequent wins. A key with no stored spelling found stays
+        as it is (counted in ``meta["unresolved"]``).
 
         Unmapped fields come back empty. OpenSearch errors propagate: building is not on the
         search path (:class:`DictionaryCache` keeps serving the previous dictionary).
@@ -235,27 +264,48 @@ class FacetDictionary:
         fields = _check_fields(fields)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be an int >= 1, got {size!r}")
-        # Aggregation names by position: field names may hold characters agg names may not.
-        body = {
-            "size": 0,
-            "track_total_hits": False,
-            "aggs": {f"f{i}": {"terms": {"field": name, "size": size}} for i, name in enumerate(fields)},
-        }
-        response = client.search(index=index, body=body)
-        aggregations = response.get("aggregations") or {}
-        terms: dict[str, dict[str, int]] = {}
+        if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 0:
+            raise ValueError(f"max_values must be an int >= 0, got {max_values!r}")
+        page = min(size, _MAX_PAGE)
+        mappings = _field_mappings(client, index, (*fields, STORED_FORMS_FIELD))
+        keys: dict[str, dict[str, int]] = {}
         truncated: list[str] = []
-        for i, name in enumerate(fields):
-            agg = aggregations.get(f"f{i}") or {}
-            values: dict[str, int] = {}
-            for bucket in agg.get("buckets") or ():
-                key = bucket.get("key_as_string", bucket.get("key"))
-                if key is not None:
-                    values[str(key)] = values.get(str(key), 0) + int(bucket.get("doc_count", 0))
-            terms[name] = values
-            if agg.get("sum_other_doc_count"):
+        budget = max_values
+        for name in fields:
+            keys[name], complete = _all_values(client, index, name, page, budget)
+            budget -= len(keys[name])
+            if not complete:
                 truncated.append(name)
-        meta = {"index": index, "fields": list(fields), "size": size, "built_at": time.time(), "truncated": truncated}
+        normalized = {name for name in fields if (mappings.get(name) or {}).get("normalizer")}
+        stored: dict[str, int] = {}
+        if normalized and STORED_FORMS_FIELD in mappings and not (mappings[STORED_FORMS_FIELD] or {}).get("normalizer"):
+            stored, complete = _all_values(client, index, STORED_FORMS_FIELD, page, budget)
+            if not complete:
+                truncated.append(STORED_FORMS_FIELD)
+        terms: dict[str, dict[str, int]] = {}
+        unresolved = 0
+        spellings_by_normalizer: dict[str, dict[str, tuple[str, int]]] = {}
+        for name in fields:
+            normalizer = (mappings.get(name) or {}).get("normalizer")
+            if not normalizer:
+                terms[name] = keys[name]  # the keys are the stored values
+                continue
+            if normalizer not in spellings_by_normalizer:
+                spellings_by_normalizer[normalizer] = _spellings(client, index, name, normalizer, stored)
+            spellings = spellings_by_normalizer[normalizer]
+            values: dict[str, int] = {}
+            for key, count in keys[name].items():
+                spelling = spellings.get(key)
+                if spelling is None:
+                    unresolved += 1
+                values[spelling[0] if spelling else key] = count
+            terms[name] = values
+        if truncated:
+            log.warning("the facet dictionary of %s stops at %d values: %s not read to the end; raise max_values "
+                        "or narrow the facet fields", index, max_values, ", ".join(truncated))
+        meta = {"index": index, "fields": list(fields), "size": page, "max_values": max_values,
+                "values": max_values - budget + len(stored), "built_at": time.time(), "truncated": truncated,
+                "unresolved": unresolved}
         return cls(terms, meta=meta)
 
     def to_json(self) -> str:
@@ -343,6 +393,94 @@ def _check_fields(fields: Sequence[str]) -> tuple[str, ...]:
     if not fields or not all(isinstance(f, str) and f for f in fields):
         raise ValueError(f"fields must be non-empty field names, got {fields!r}")
     return fields
+
+
+def _all_values(client, index: str, field_name: str, page: int, budget: int) -> tuple[dict[str, int], bool]:
+    """Every value of one keyword field with its doc count (composite aggregation, after_key
+    loop), and whether all were read: at most ``budget`` values are kept."""
+    values: dict[str, int] = {}
+    after = None
+    while True:
+        want = min(page, budget - len(values) + 1)  # one more than the budget tells "there are more"
+        composite: dict = {"size": want, "sources": [{"v": {"terms": {"field": field_name}}}]}
+        if after is not None:
+            composite["after"] = after
+        body = {"size": 0, "track_total_hits": False, "aggs": {"values": {"composite": composite}}}
+        agg = (client.search(index=index, body=body).get("aggregations") or {}).get("values") or {}
+        buckets = agg.get("buckets") or ()
+        for bucket in buckets:
+            key = (bucket.get("key") or {}).get("v")
+            if key is not None:
+                values[str(key)] = values.get(str(key), 0) + int(bucket.get("doc_count", 0))
+        if len(values) > budget:
+            return dict(list(values.items())[:budget]), False
+        after = agg.get("after_key")
+        if not buckets or after is None or len(buckets) < want:
+            return values, True
+
+
+def _field_mappings(client, index: str, names: Sequence[str]) -> dict[str, dict]:
+    """``{field: its leaf mapping}`` for the mapped ones among ``names`` (any concrete index of
+    ``index``; a normalizer in any of them counts)."""
+    response = client.indices.get_field_mapping(index=index, fields=list(names))
+    out: dict[str, dict] = {}
+    for per_index in (response or {}).values():
+        for name, entry in ((per_index or {}).get("mappings") or {}).items():
+            leaf = next(iter(((entry or {}).get("mapping") or {}).values()), None)
+            if isinstance(leaf, dict) and (name not in out or leaf.get("normalizer")):
+                out[name] = leaf
+    return out
+
+
+def _spellings(client, index: str, field_name: str, normalizer: str, stored: Mapping[str, int]
+               ) -> dict[str, tuple[str, int]]:
+    """Normalized key -> (the most frequent stored spelling, its count), for the stored values
+    under ``field_name``'s normalizer."""
+    if not stored:
+        return {}
+    local = _folds_ascii_only(client, index, normalizer)
+    normalized: dict[str, str] = {}
+    remote: list[str] = []
+    for value in stored:
+        if local and value.isascii():
+            normalized[value] = value.lower()  # exactly what lowercase + asciifolding do to ASCII
+        else:
+            remote.append(value)
+    for start in range(0, len(remote), _ANALYZE_BATCH):
+        batch = remote[start:start + _ANALYZE_BATCH]
+        tokens = client.indices.analyze(index=index, body={"field": field_name, "text": batch}).get("tokens") or []
+        if len(tokens) != len(batch):  # a normalizer gives one token per text; anything else is not one
+            log.warning("_analyze on %s gave %d tokens for %d values; skipping them", field_name, len(tokens), len(batch))
+            continue
+        for value, token in zip(batch, sorted(tokens, key=lambda t: t.get("position", 0))):
+            normalized[value] = str(token.get("token", ""))
+    best: dict[str, tuple[str, int]] = {}
+    for value, key in normalized.items():
+        count = stored[value]
+        current = best.get(key)
+        if current is None or (-count, value) < (-current[1], current[0]):
+            best[key] = (value, count)
+    return best
+
+
+def _folds_ascii_only(client, index: str, normalizer: str) -> bool:
+    """Whether ``normalizer`` only lowercases and folds to ASCII (then ASCII text normalizes to
+    ``str.lower()`` and needs no _analyze round trip)."""
+    settings = client.indices.get_settings(index=index)
+    for per_index in (settings or {}).values():
+        analysis = (((per_index or {}).get("settings") or {}).get("index") or {}).get("analysis") or {}
+        custom_filters = analysis.get("filter") or {}
+        definition = (analysis.get("normalizer") or {}).get(normalizer)
+        if definition is None:
+            if normalizer != "lowercase":
+                return False
+            continue  # the built-in lowercase normalizer
+        filters = definition.get("filter") or []
+        filters = [filters] if isinstance(filters, str) else list(filters)
+        if (definition.get("type", "custom") != "custom" or definition.get("char_filter")
+                or not all(f in _SIMPLE_FILTERS and f not in custom_filters for f in filters)):
+            return False
+    return True
 
 
 class DictionaryCache:

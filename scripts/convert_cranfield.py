@@ -235,6 +235,14 @@ def convert(src: Path, out: Path, *, minus_one: str | int = "drop") -> dict[str,
     return summary
 
 
+def _missing_source(what: str, wants: str) -> int:
+    """One line on stderr and exit code 2 when the source data is absent (it is not in the
+    repository: the shared datasets live beside it, in ../shared/data)."""
+    print(f"error: {what}: this converter reads {wants} from the source data "
+          "(the shared datasets, e.g. ../shared/data/<name>; not part of the repository)", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", type=Path, help="directory with cran.all.1400, cran.qry, cranqrel")
@@ -243,8 +251,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="what to do with code -1 rows (likely the query's source document): leave out of "
                          "the qrels (default), write gain 0, or write the given integer gain")
     args = ap.parse_args(argv)
+    if not args.src.is_dir():
+        return _missing_source(f"{args.src} does not exist", "cran.all.1400, cran.qry, cranqrel")
     try:
         summary = convert(args.src, args.out, minus_one=args.minus_one)
+    except FileNotFoundError as e:
+        return _missing_source(f"{e.filename} does not exist" if e.filename else str(e),
+                               "cran.all.1400, cran.qry, cranqrel")
     except ValueError as e:
         ap.error(str(e))
     print(json.dumps(summary, indent=2))

@@ -296,12 +296,25 @@ def convert(src: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def _missing_source(what: str, wants: str) -> int:
+    """One line on stderr and exit code 2 when the source data is absent (it is not in the
+    repository: the shared datasets live beside it, in ../shared/data)."""
+    print(f"error: {what}: this converter reads {wants} from the source data "
+          "(the shared datasets, e.g. ../shared/data/<name>; not part of the repository)", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", type=Path, help="directory with 1.json.zip .. 4.json.zip")
     ap.add_argument("out", type=Path, help="output directory (BEIR layout)")
     args = ap.parse_args(argv)
-    summary = convert(args.src, args.out)
+    if not args.src.is_dir():
+        return _missing_source(f"{args.src} does not exist", "1.json.zip .. 4.json.zip")
+    try:
+        summary = convert(args.src, args.out)
+    except FileNotFoundError as e:
+        return _missing_source(f"{e.filename} does not exist" if e.filename else str(e), "1.json.zip .. 4.json.zip")
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 1 if summary["problems"] else 0
 

@@ -148,9 +148,9 @@ def test_failure_before_the_swap_keeps_the_old_version(os_client, alias, tmp_pat
     first = load_dataset(os_client, _write_dataset(tmp_path / "a", _rows(20)), alias=alias, encoder=None)
 
     def broken(*args, **kwargs):
-        raise ConnectionError("stats timed out")
+        raise ConnectionError("segments timed out")
 
-    monkeypatch.setattr(os_client.indices, "stats", broken)
+    monkeypatch.setattr(os_client.indices, "segments", broken)  # read after the load, before the swap
     with pytest.raises(ConnectionError):
         load_dataset(os_client, _write_dataset(tmp_path / "b", _rows(30)), alias=alias, encoder=None)
     monkeypatch.undo()
@@ -194,3 +194,30 @@ def test_empty_load_and_wrong_targets(os_client, alias, index_name, tmp_path):
     with pytest.raises(CatalogError, match="does not exist"):
         load_dataset(os_client, Dataset.open(tmp_path / "nocorpus"), alias=alias, encoder=None)
     assert len(list_versions(os_client, alias)) == 2  # nothing half-built was left behind
+
+
+def test_reload_reports_the_live_size(os_client, alias, tmp_path):
+    """The size after a reload of the same rows is the size of the first load, not the merged-away
+    segments' files on top (the store stats counted them, cached for 10 s: about 2x)."""
+    ds = _write_dataset(tmp_path / "size", _rows(1500))
+    first = load_dataset(os_client, ds, alias=alias, encoder=None, options=BulkOptions(chunk_size=100))
+    again = load_dataset(os_client, ds, alias=alias, encoder=None, options=BulkOptions(chunk_size=100))
+    assert first.size_bytes > 1500 * 384 * 4  # at least the vectors
+    assert 0.8 < again.size_bytes / first.size_bytes < 1.25, (first.size_bytes, again.size_bytes)
+    for report in (first, again):  # the one merged segment, nothing else
+        segments = os_client.indices.segments(index=report.index)["indices"][report.index]["shards"]["0"][0]["segments"]
+        assert len(segments) == 1 and sum(s["size_in_bytes"] for s in segments.values()) == report.size_bytes
+
+
+def test_oversized_text_is_loaded_with_a_warning(os_client, alias, tmp_path):
+    rows = [{"_id": f"t{i}", "title": f"t{i}", "text": "word " * 10} for i in range(4)]
+    rows[1]["text"] = "long text " * 120_000  # 1.2 MB
+    rows[3]["title"] = "\u00e9" * 600_000  # 1.2 MB in UTF-8, 600k characters
+    ds = _write_dataset(tmp_path / "big", rows, {"name": "big"})
+    report = load_dataset(os_client, ds, alias=alias, embed=False)
+    assert report.accepted == 4 and report.swapped
+    (warning,) = [w for w in report.warnings if "over 1 MB" in w]
+    assert warning.startswith("2 document(s)") and "'t1', 't3'" in warning
+    small = load_dataset(os_client, _write_dataset(tmp_path / "small", rows[:1], {"name": "small"}), alias=alias,
+                         embed=False)
+    assert not [w for w in small.warnings if "over 1 MB" in w]

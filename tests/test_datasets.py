@@ -259,6 +259,28 @@ def test_writers_roundtrip_and_check(tmp_path: Path):
     assert report["splits"]["test"]["dangling"] == 1  # 'zzz' is not in the corpus
 
 
+def test_check_explains_qrels_of_rejected_queries(tmp_path: Path):
+    """A judged query whose row was rejected is named with the row's line and reason, not as
+    "not in queries.jsonl"; also when every query row was rejected."""
+    root = tmp_path / "q"
+    write_jsonl(root / "corpus.jsonl", [{"_id": "a", "title": "t", "text": "x"}])
+    (root / "queries.jsonl").write_text(
+        _j(_id="q1", text="fine") + "\n" + _j(_id="q2", text="  ") + "\n" + _j(_id="q3", text=7) + "\n")
+    write_qrels(root / "qrels" / "test.tsv", {"q1": {"a": 1}, "q2": {"a": 1}, "q3": {"a": 1}, "q9": {"a": 1}})
+    split = Dataset.open(root).check()["splits"]["test"]
+    assert split["dangling"] == 3
+    samples = split["error_samples"]
+    assert any("'q2': its query was rejected (queries.jsonl line 2: _id 'q2': empty text)" in e for e in samples)
+    assert any("'q3': its query was rejected (queries.jsonl line 3: _id 'q3': text must be a string" in e
+               for e in samples)
+    assert any("query-id 'q9' not in queries.jsonl" in e for e in samples)
+    # Only rejected rows: still reported (an empty set of good ids used to silence the check).
+    (root / "queries.jsonl").write_text(_j(_id="q2", text="") + "\n")
+    split = Dataset.open(root).check()["splits"]["test"]
+    assert split["dangling"] == 4
+    assert any("'q2': its query was rejected (queries.jsonl line 1" in e for e in split["error_samples"])
+
+
 # ------------------------------------------------------------------------------------ spec
 
 

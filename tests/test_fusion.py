@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from orchestrator.datatypes import ArmStatus
 from orchestrator.fusion import (
     FUSION_METHODS,
     NORMALIZATIONS,
@@ -28,7 +29,8 @@ def result(strategy: str, *hits: tuple[str, float], error: str | None = None) ->
         hits=tuple(Hit(doc_id, rank, score) for rank, (doc_id, score) in enumerate(hits, start=1)),
         budget=100,
         took_ms=1.0,
-        error=error,
+        status=ArmStatus.OK if error is None else ArmStatus.FAILED,
+        detail=error,
     )
 
 
@@ -266,7 +268,7 @@ def test_shuffled_input_gives_identical_output():
     for method, kwargs in [("rrf", {}), ("weighted", {"normalization": "minmax"}), ("weighted", {"normalization": "zscore"})]:
         expected = canonical(fuse(results, method, weights=weights, **kwargs))
         for _ in range(20):
-            shuffled = [StrategyResult(r.strategy, tuple(rng.sample(r.hits, len(r.hits))), r.budget, error=r.error) for r in results]
+            shuffled = [StrategyResult(r.strategy, tuple(rng.sample(r.hits, len(r.hits))), r.budget, status=r.status, detail=r.detail) for r in results]
             rng.shuffle(shuffled)
             assert canonical(fuse(shuffled, method, weights=weights, **kwargs)) == expected  # exact float equality
 

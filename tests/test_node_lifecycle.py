@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from orchestrator.config import ConfigError, ConnectionSettings, ltrr_home
-from orchestrator.node import FALLBACK_VERSION, LocalNode, NodeError, default_version, find_java, maven_fetch
+from orchestrator.node import (FALLBACK_VERSION, LocalNode, NodeAlreadyRunning, NodeError, default_version,
+                               find_java, maven_fetch)
 
 
 def test_connection_settings_defaults_and_validation(tmp_path):
@@ -83,6 +84,60 @@ def test_stale_pid_file_is_cleared(tmp_path):
     assert node.stop() is False
 
 
+def _fake_node_process() -> subprocess.Popen:
+    """A process that passes for our node (its command line names EmbeddedNode)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "EmbeddedNode"])
+
+
+def test_start_on_another_port_names_the_running_node(tmp_path):
+    fake = _fake_node_process()
+    try:
+        node = LocalNode(port=9301, root=tmp_path, version=FALLBACK_VERSION)
+        node.node_dir.mkdir(parents=True)
+        node.state_file.write_text(json.dumps({"pid": fake.pid, "port": 9399}))
+        with pytest.raises(NodeError) as e:
+            node.start(timeout_s=5)
+        assert not isinstance(e.value, NodeAlreadyRunning)
+        assert "running on port 9399" in str(e.value) and f"pid {fake.pid}" in str(e.value)
+        assert "ltrr node stop" in str(e.value)
+        same_port = LocalNode(port=9399, root=tmp_path, version=FALLBACK_VERSION)
+        with pytest.raises(NodeAlreadyRunning):
+            same_port.start(timeout_s=5)
+        assert node.state_file.exists()  # nothing was touched
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def _cli(args, home, timeout=60):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENSEARCH_", "LTRR_"))}
+    env.update(LTRR_HOME=str(home), LTRR_OPENSEARCH_VERSION=FALLBACK_VERSION,
+               OPENSEARCH_URL="http://127.0.0.1:9399")  # local: the node commands apply; nothing answers
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_status_after_the_node_was_killed_says_it_died(tmp_path):
+    node = LocalNode(port=9399, root=tmp_path, version=FALLBACK_VERSION)
+    node.node_dir.mkdir(parents=True)
+    killed = _fake_node_process()
+    killed.kill()  # SIGKILL: no clean stop, the pid file stays behind
+    killed.wait()
+    node.state_file.write_text(json.dumps({"pid": killed.pid, "port": 9399}))
+    assert node.dead_pid() == killed.pid
+    for _ in range(2):  # status does not clear the pid file: it says the same thing again
+        proc = _cli(["node", "status"], tmp_path)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        message = " ".join(proc.stderr.split())
+        assert f"died: pid {killed.pid} is not running" in message and str(node.log_dir) in message
+        assert "Traceback" not in proc.stderr
+    stop = _cli(["node", "stop"], tmp_path)
+    assert stop.returncode == 0 and "had died" in stop.stdout
+    assert not node.state_file.exists()
+    down = _cli(["node", "status"], tmp_path)
+    assert down.returncode == 3 and "down" in down.stdout
+
+
 def test_node_dying_during_start_is_reported(tmp_path):
     """A distribution whose launcher cannot run: start must fail with the log, never succeed."""
     if not _java_on_path():
@@ -118,7 +173,8 @@ def test_start_twice_says_already_running(opensearch_url, tmp_path):
     if not settings.is_local:
         pytest.skip("the test cluster is not a local node")
     candidates = [LocalNode(port=settings.port)]
-    running = [n for n in candidates if n.running_pid()]
+    # ... and only when that node is the session's (a node on another port is another error)
+    running = [n for n in candidates if n.running_pid() and ConnectionSettings(url=n.url).port == settings.port]
     if not running:
         pytest.skip("the session's node is not managed from the default LTRR_HOME state")
     from orchestrator.node import NodeAlreadyRunning

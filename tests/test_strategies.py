@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.catalog import drop, load_dataset
 from orchestrator.datasets import Dataset
+from orchestrator.datatypes import ArmStatus
 from orchestrator.pipeline import QueryError, SearchPipeline
 from orchestrator.strategies import (ParamError, ParamSpec, PlanError, StrategyCall, StrategyExecutor, load_plan,
                                      load_plans, plans_dir, sync_plans)
@@ -81,7 +82,9 @@ def test_plan_file_errors(tmp_path):
 
 
 def test_param_types():
-    assert ParamSpec("s", "string", max_length=3).coerce("abcdef") == "abc"
+    assert ParamSpec("s", "string", max_length=6).coerce("abcdef") == "abcdef"
+    with pytest.raises(ParamError, match="limit is 3"):  # never cut silently
+        ParamSpec("s", "string", max_length=3).coerce("abcdef")
     with pytest.raises(ParamError):
         ParamSpec("n", "integer").coerce(True)
     with pytest.raises(ParamError):
@@ -217,12 +220,16 @@ def test_hostile_queries_keep_template_structure(os_client, catalogue, query):
     # The structure is the template's, whatever the text: the whole text is one string value.
     assert set(rendered) == {"size", "_source", "track_total_hits", "timeout", "query"}
     assert list(rendered["query"]["bool"]) == ["must", "should", "filter"]
-    assert rendered["query"]["bool"]["must"][0]["multi_match"]["query"] == params["query"]
+    assert rendered["query"]["bool"]["must"][0]["combined_fields"]["query"] == params["query"]
+    assert rendered["query"]["bool"]["should"][0]["match"]["title.plain"]["query"] == params["query"]
     assert rendered["query"]["bool"]["filter"] == []
     resp = pipe.search(query, strategies=["bm25_popularity", "fuzzy", "q2e_memory", "structured"])
     assert resp.round_trips == 1
     for r in resp.strategy_results:
-        assert r.error is None or r.error == "not applicable to this query" or "too_many" in r.error, r.error
+        assert r.error is None or "too_many" in r.error, r.error
+    fuzzy = next(r for r in resp.strategy_results if r.strategy == "fuzzy")
+    if len(u.tokens) > 6:  # prose is not for the fuzzy arm: declared, not run
+        assert fuzzy.status is ArmStatus.NOT_APPLICABLE and "tokens" in fuzzy.detail
 
 
 @pytest.mark.parametrize("query", ["", "   ", "\t\n"])
@@ -252,7 +259,8 @@ def test_pipeline_understands_slots_and_fuses_with_provenance(os_client, catalog
     top = resp.hits[0]
     assert rows[int(top.doc_id[1:])]["artist"] == "Taylor Swift" and "Love" in rows[int(top.doc_id[1:])]["title"]
     assert {"bm25_popularity", "structured"} <= set(top.strategies)
-    assert by["knn"].error == "not applicable to this query"  # no encoder here
+    assert by["knn"].status is ArmStatus.NOT_APPLICABLE and by["knn"].error is None  # no encoder here
+    assert by["knn"].detail == "no vector for this query"
 
 
 def test_new_plan_file_is_a_new_strategy(os_client, catalogue, tmp_path):
@@ -263,7 +271,7 @@ def test_new_plan_file_is_a_new_strategy(os_client, catalogue, tmp_path):
                 '{"size": {{size}}, "_source": false, "timeout": "{{timeout}}", '
                 '"query": {"match_phrase_prefix": {"title": "{{query}}"}}}',
                 {"query": {"type": "string", "max_length": 100}, "size": {"type": "integer", "default": 10}},
-                skip_if_empty=["query"])
+                applies={"nonempty": ["query"]})
     plans = load_plans(tmp_path)
     sync_plans(os_client, plans)
     pipe = SearchPipeline(os_client, alias, plans, encoder=None)

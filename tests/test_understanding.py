@@ -212,36 +212,94 @@ def test_from_json_rejects_other_documents(text):
 
 
 class FakeClient:
-    """Answers ``search`` with canned terms aggregations; records every body."""
+    """A fake node for ``FacetDictionary.build``: field mappings, composite aggregations paged by
+    ``after_key``, ``_analyze`` and settings. Records every search body; counts builds (each
+    starts with one field-mapping read)."""
 
-    def __init__(self, terms: dict[str, dict[str, int]], *, fail: bool = False):
-        self.terms = terms
+    def __init__(self, terms: dict[str, dict[str, int]], *, fail: bool = False, normalized=(),
+                 stored: dict[str, int] | None = None):
+        self.terms = terms  # field -> {key as aggregated: doc_count}
         self.fail = fail
+        self.normalized = set(normalized)  # fields with the lowercase_ascii normalizer
+        self.stored = stored  # facets_all: {value as stored: doc_count}; None = unmapped
         self.bodies: list[dict] = []
+        self.analyzed: list[str] = []
+        self.builds = 0
+        self.indices = self
+
+    def get_field_mapping(self, index, fields):
+        self.builds += 1
+        if self.fail:
+            raise ConnectionError("node down")
+        mapped = {f for f in fields if f in self.terms or (f == "facets_all" and self.stored is not None)}
+        return {f"{index}-v1": {"mappings": {
+            f: {"full_name": f, "mapping": {f: {"type": "keyword", **({"normalizer": "lowercase_ascii"}
+                                                                        if f in self.normalized else {})}}}
+            for f in mapped}}}
+
+    def get_settings(self, index):
+        return {f"{index}-v1": {"settings": {"index": {"analysis": {"normalizer": {
+            "lowercase_ascii": {"type": "custom", "filter": ["lowercase", "asciifolding"]}}}}}}}
+
+    def analyze(self, index, body):
+        import unicodedata
+
+        self.analyzed.extend(body["text"])
+        fold = lambda t: "".join(c for c in unicodedata.normalize("NFKD", t) if not unicodedata.combining(c)).lower()
+        return {"tokens": [{"token": fold(t), "position": i} for i, t in enumerate(body["text"])]}
 
     def search(self, index, body):
         self.bodies.append(body)
-        if self.fail:
-            raise ConnectionError("node down")
-        aggs = {}
-        for name, agg in body["aggs"].items():
-            values = self.terms.get(agg["terms"]["field"], {})
-            buckets = [{"key": k, "doc_count": c} for k, c in sorted(values.items(), key=lambda kv: -kv[1])]
-            size = agg["terms"]["size"]
-            aggs[name] = {"buckets": buckets[:size], "sum_other_doc_count": sum(b["doc_count"] for b in buckets[size:])}
-        return {"aggregations": aggs}
+        composite = body["aggs"]["values"]["composite"]
+        field_name = composite["sources"][0]["v"]["terms"]["field"]
+        values = (self.stored or {}) if field_name == "facets_all" else self.terms.get(field_name, {})
+        after = composite.get("after", {}).get("v")
+        keys = [k for k in sorted(values) if after is None or k > after][: composite["size"]]
+        agg = {"buckets": [{"key": {"v": k}, "doc_count": values[k]} for k in keys]}
+        if keys:
+            agg["after_key"] = {"v": keys[-1]}
+        return {"aggregations": {"values": agg}}
 
 
-def test_build_runs_one_size_zero_search_with_a_terms_aggregation_per_field():
-    client = FakeClient({"facets.colour": {"blue": 10, "red": 2}, "category": {"sofa": 50}})
-    dictionary = FacetDictionary.build(client, "catalog", ["facets.colour", "category", "missing"], size=1)
-    assert len(client.bodies) == 1
-    body = client.bodies[0]
-    assert body["size"] == 0
-    assert sorted(agg["terms"]["field"] for agg in body["aggs"].values()) == ["category", "facets.colour", "missing"]
-    assert all(agg["terms"]["size"] == 1 for agg in body["aggs"].values())
-    assert dictionary.terms == {"facets.colour": {"blue": 10}, "category": {"sofa": 50}, "missing": {}}
-    assert dictionary.meta["truncated"] == ["facets.colour"]
+def test_build_pages_every_value_with_a_composite_aggregation():
+    colours = {f"colour {i:02d}": i + 1 for i in range(25)}
+    client = FakeClient({"facets.colour": colours, "category": {"sofa": 50}})
+    dictionary = FacetDictionary.build(client, "catalog", ["facets.colour", "category", "missing"], size=10)
+    assert dictionary.terms == {"facets.colour": colours, "category": {"sofa": 50}, "missing": {}}
+    assert all(b["size"] == 0 and b["aggs"]["values"]["composite"]["size"] <= 10 for b in client.bodies)
+    assert len(client.bodies) == 3 + 1 + 1  # 25 colours in pages of 10, then one page each
+    assert [b["aggs"]["values"]["composite"].get("after") for b in client.bodies[:3]] == [
+        None, {"v": "colour 09"}, {"v": "colour 19"}]
+    assert dictionary.meta["truncated"] == [] and dictionary.meta["values"] == 26
+
+
+def test_a_truncated_dictionary_is_never_silent(caplog):
+    colours = {f"colour {i:02d}": 1 for i in range(25)}
+    client = FakeClient({"colour": colours, "category": {"sofa": 50}})
+    with caplog.at_level("WARNING", logger="orchestrator.understanding"):
+        dictionary = FacetDictionary.build(client, "catalog", ["colour", "category", "missing"], size=10, max_values=12)
+    assert len(dictionary.terms["colour"]) == 12 and dictionary.terms["category"] == {}
+    assert dictionary.meta["truncated"] == ["colour", "category"]
+    assert "colour, category" in caplog.text and "12 values" in caplog.text
+    full = FacetDictionary.build(client, "catalog", ["colour"], size=10, max_values=25)
+    assert full.meta["truncated"] == [] and len(full.terms["colour"]) == 25  # exactly at the cap is complete
+
+
+def test_normalized_keys_become_stored_spellings():
+    """A field with a normalizer aggregates to lowercased keys; the canonical values are the stored
+    spellings from facets_all (the most frequent when several), matched through the normalizer."""
+    client = FakeClient(
+        {"artist": {"taylor swift": 3, "ac/dc": 2, "beyonce": 1, "royksopp": 1}, "genre": {"Pop": 7}},
+        normalized={"artist"},
+        stored={"Taylor Swift": 2, "TAYLOR SWIFT": 1, "AC/DC": 2, "Beyoncé": 1, "Pop": 7})
+    dictionary = FacetDictionary.build(client, "catalog", ["artist", "genre"])
+    assert dictionary.terms == {"artist": {"Taylor Swift": 3, "AC/DC": 2, "Beyoncé": 1, "royksopp": 1},
+                                "genre": {"Pop": 7}}
+    assert dictionary.meta["unresolved"] == 1  # no stored spelling of "royksopp": the key stays
+    assert client.analyzed == ["Beyoncé"]  # ASCII values are lowercased locally
+    q = QueryUnderstander(dictionary).understand("TAYLOR swift ac/dc Beyoncé")
+    assert [(s.field, s.value) for s in q.slots] == [("artist", "Taylor Swift"), ("artist", "AC/DC"),
+                                                     ("artist", "Beyoncé")]
 
 
 @pytest.mark.parametrize("fields, error", [("genre", TypeError), ([], ValueError), (["genre", ""], ValueError)])
@@ -268,12 +326,12 @@ def test_cache_reuses_within_ttl_and_rebuilds_after():
     assert cache.get("catalog", ("genre",)) is first
     clock.now += 299
     assert cache.get("catalog", ["genre"]) is first
-    assert len(client.bodies) == 1
+    assert client.builds == 1
     client.terms = {"genre": {"pop": 1, "rock": 2}}
     clock.now += 2
     second = cache.get("catalog", ["genre"])
     assert second is not first and second.lookup("rock") is not None
-    assert len(client.bodies) == 2
+    assert client.builds == 2
 
 
 def test_cache_keys_by_index_and_field_set():
@@ -282,7 +340,7 @@ def test_cache_keys_by_index_and_field_set():
     assert cache.get("i", ["genre", "artist"]) is cache.get("i", ["artist", "genre"])
     cache.get("j", ["genre", "artist"])
     cache.get("i", ["genre"])
-    assert len(client.bodies) == 3
+    assert client.builds == 3
 
 
 def test_cache_refresh_rebuilds_now():
@@ -291,11 +349,11 @@ def test_cache_refresh_rebuilds_now():
     cache.get("i", ["genre"])
     cache.get("j", ["genre"])
     cache.refresh("i")
-    assert len(client.bodies) == 3
+    assert client.builds == 3
     cache.refresh()
-    assert len(client.bodies) == 5
+    assert client.builds == 5
     cache.refresh("k", ["genre"])
-    assert len(client.bodies) == 6
+    assert client.builds == 6
     with pytest.raises(ValueError):
         cache.refresh(fields=["genre"])
 
@@ -308,10 +366,10 @@ def test_cache_serves_the_stale_dictionary_when_a_rebuild_fails():
     clock.now += 11
     assert cache.get("i", ["genre"]) is first
     assert cache.get("i", ["genre"]) is first
-    assert len(client.bodies) == 2  # no retry storm: next attempt after retry_s
+    assert client.builds == 2  # no retry storm: next attempt after retry_s
     clock.now += 6
     cache.get("i", ["genre"])
-    assert len(client.bodies) == 3
+    assert client.builds == 3
     with pytest.raises(ConnectionError):
         cache.get("other", ["genre"])  # nothing stale to serve
 
@@ -324,11 +382,11 @@ def test_cache_persists_to_a_json_file(tmp_path):
 
     restarted = DictionaryCache(client, ttl_s=300, path=path, clock=clock)
     assert restarted.get("i", ["genre"]).lookup("pop") == Slot("genre", "pop", 0, 1, 1.0)
-    assert len(client.bodies) == 1  # served from the file
+    assert client.builds == 1  # served from the file
 
     clock.now += 301
     DictionaryCache(client, ttl_s=300, path=path, clock=clock).get("i", ["genre"])
-    assert len(client.bodies) == 2  # too old: rebuilt
+    assert client.builds == 2  # too old: rebuilt
 
 
 def test_cache_ignores_a_corrupt_file(tmp_path):
@@ -454,3 +512,44 @@ def test_build_from_a_real_index(os_client, index_name):
     }
     q = QueryUnderstander(dictionary).understand("taylor swift synth pop")
     assert [(s.field, s.value) for s in q.slots] == [("artist", "Taylor Swift"), ("genre", "synth pop")]
+
+
+def test_catalogue_dictionary_keeps_stored_spellings_and_its_slots_match(os_client, tmp_path):
+    """The catalogue's facet fields lowercase their values (normalizer lowercase_ascii); the
+    dictionary still gives the stored spelling, read over several pages, and the slot clauses the
+    pipeline builds from it match the documents (on the facet field and on facets_all)."""
+    import uuid
+
+    from orchestrator.catalog import drop, load_dataset
+    from orchestrator.datasets import Dataset
+    from orchestrator.pipeline import SearchPipeline
+    from orchestrator.strategies import load_plans, sync_plans
+
+    artists = ["Taylor Swift", "AC/DC", "Beyoncé", "The Weeknd", "ABBA", "Miles Davis", "Nina Simone", "Daft Punk"]
+    root = tmp_path / "mixed"
+    root.mkdir()
+    rows = [{"_id": f"d{i}", "title": f"Song {i}", "text": "a song", "artist": artist, "genre": ["Pop", "Jazz"][i % 2]}
+            for i, artist in enumerate(artists + ["Taylor Swift"])]
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "dataset.yaml").write_text(json.dumps({"name": "mixed", "facets": ["artist", "genre"]}))
+    alias = f"ltrr-test-dict-{uuid.uuid4().hex[:8]}"
+    load_dataset(os_client, Dataset.open(root), alias=alias, embed=False)
+    try:
+        dictionary = FacetDictionary.build(os_client, alias, ["artist", "genre"], size=3)  # 8 artists: 3 pages
+        assert dictionary.terms["artist"] == {**{a: 1 for a in artists}, "Taylor Swift": 2}
+        assert dictionary.terms["genre"] == {"Pop": 5, "Jazz": 4}
+        assert dictionary.meta["truncated"] == [] and dictionary.meta["unresolved"] == 0
+
+        u = QueryUnderstander(dictionary).understand("taylor swift pop")
+        assert [(s.field, s.value) for s in u.slots] == [("artist", "Taylor Swift"), ("genre", "Pop")]
+        for slot in u.slots:  # the stored form matches the plain keyword facets_all too
+            assert os_client.count(index=alias, body={"query": {"term": {"facets_all": slot.value}}})["count"] > 0
+
+        sync_plans(os_client, load_plans())
+        pipe = SearchPipeline(os_client, alias, load_plans(), encoder=None)
+        (call,), _ = pipe.calls_for(pipe.understander().understand("AC/DC"), None, {"structured": 10})
+        assert call.params["slot_clauses"] == [{"term": {"artist": {"value": "AC/DC", "boost": 2.0}}}]
+        resp = pipe.search("taylor swift", strategies=["structured"])
+        assert resp.errors == {} and {h.doc_id for h in resp.hits} == {"d0", "d8"}
+    finally:
+        drop(os_client, alias)

@@ -1,0 +1,2 @@
+"""Package data, not code: the query plan YAML files, installed as ``orchestrator.query_plans``
+(found through orchestrator.config.query_plans_dir)."""
