@@ -53,7 +53,10 @@ class _Commands(click.Group):
 
             if not isinstance(e, OSConnectionError):
                 raise
-            url = os.environ.get("OPENSEARCH_URL", DEFAULT_URL).rstrip("/") or DEFAULT_URL
+            try:
+                url = ConnectionSettings.from_env().url
+            except ConfigError:
+                url = DEFAULT_URL
             err.print(f"[bold red]error:[/] cannot reach OpenSearch at {escape(url)}: {escape(_connection_reason(e))}",
                       highlight=False, soft_wrap=True)
             sys.exit(1)

@@ -74,7 +74,8 @@ def main() -> None:
         understand.append(t.understand_ms)
         fusion.append(t.fusion_ms)
         trips.append(resp.round_trips)
-        bodies.append(pipe.executor.msearch_body(args.index, pipe.calls_for(resp.understanding, vec, budgets)))
+        calls, _not_applicable = pipe.calls_for(resp.understanding, vec, budgets)
+        bodies.append(pipe.executor.msearch_body(args.index, calls))
 
     base_own, base_took = [], []
     for body in bodies:
