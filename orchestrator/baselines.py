@@ -80,12 +80,13 @@ class ReferenceBM25:
                 cols.append(vocabulary.setdefault(token, len(vocabulary)))
         n_docs = len(documents)
         # Duplicate (row, col) pairs add up to the term frequency when converted.
-        tf = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_docs, max(len(vocabulary), 1)))
+        n_terms = max(len(vocabulary), 1)
+        tf = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_docs, n_terms))
         tf.sum_duplicates()
         self.vocabulary = vocabulary
         doc_len = np.asarray(tf.sum(axis=1)).ravel()
         avgdl = doc_len.sum() / n_docs if n_docs else 1.0
-        df = np.bincount(tf.indices, minlength=tf.shape[1]).astype(np.float64)
+        df = np.bincount(tf.indices, minlength=n_terms).astype(np.float64)
         idf = np.log(n_docs - df + 0.5) - np.log(df + 0.5)
         eps = self.epsilon * (idf.sum() / len(idf)) if len(vocabulary) else 0.0
         self.idf = np.where(idf < 0, eps, idf)

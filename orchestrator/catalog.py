@@ -12,10 +12,10 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class IndexTemplate:
     snippets: dict
 
     @classmethod
-    def load(cls, name: str) -> "IndexTemplate":
+    def load(cls, name: str) -> IndexTemplate:
         path = templates_dir() / f"{name}.yaml"
         if not path.exists():
             known = sorted(p.stem for p in templates_dir().glob("*.yaml"))
@@ -121,7 +121,7 @@ def check_alias(alias: str) -> str:
 def list_versions(client: OpenSearch, alias: str | None = None) -> list[IndexVersion]:
     pattern = f"{alias}-v*" if alias else "*-v*"
     try:
-        rows = client.cat.indices(index=pattern, format="json", bytes="b", params={"expand_wildcards": "open"})
+        rows = client.cat.indices(index=pattern, params={"format": "json", "bytes": "b", "expand_wildcards": "open"})
     except NotFoundError:
         return []
     aliases = client.indices.get_alias(index=pattern, params={"ignore_unavailable": "true"}) if rows else {}
@@ -199,7 +199,7 @@ def ensure_index(client: OpenSearch, alias: str, template: str) -> str:
 
 def to_document(row: CorpusRow, spec: DatasetSpec, loaded_at: str) -> dict[str, Any]:
     """The catalogue document for one validated corpus row."""
-    fields = row.fields
+    fields: Mapping[str, Any] = row.fields  # validated by the reader: facet str/list, numbers finite
     doc: dict[str, Any] = {"title": row.title, "text": row.text, "loaded_at": loaded_at}
     entity = fields.get(spec.entity_type) if spec.entity_type else None
     doc["entity_type"] = entity or spec.default_entity_type or "document"
@@ -300,7 +300,7 @@ class BulkWriter:
                 body.append({"index": {"_index": self.index, "_id": doc_id}})
                 body.append(doc)
             try:
-                resp = self.client.bulk(body=body, request_timeout=120)
+                resp = self.client.bulk(body=body, params={"request_timeout": 120})
             except TransportError as e:
                 status = e.status_code if isinstance(e.status_code, int) else None
                 # No status: the node did not answer (down, timeout). Worth retrying too.
@@ -399,7 +399,8 @@ def load_dataset(
 
     ``progress(done, total)`` is called as documents are acknowledged. The alias is swapped only
     when the index holds exactly the accepted rows (and, unless ``swap_on_errors``, nothing was
-    rejected: a load with errors leaves the new version built but not serving). On any exception the new version is deleted and the old one keeps serving.
+    rejected: a load with errors leaves the new version built but not serving). On any exception
+    the new version is deleted and the old one keeps serving.
     """
     spec = dataset.spec
     alias = check_alias(alias or default_alias(spec.name))
@@ -411,7 +412,7 @@ def load_dataset(
     t0 = time.monotonic()
     index = create_version(client, alias, "catalog", spec, for_bulk=True)
     report = LoadReport(alias, index)
-    loaded_at = datetime.now(timezone.utc).isoformat()
+    loaded_at = datetime.now(UTC).isoformat()
     total = dataset.count_corpus_lines()
     if limit is not None:
         total = min(total, limit)
@@ -471,7 +472,7 @@ def load_dataset(
         if force_merge:
             # The version is not serving yet: merging now into one segment makes it ~5x smaller
             # (bulk loads leave many segments) and its HNSW graph one graph to search.
-            client.indices.forcemerge(index=index, params={"max_num_segments": 1}, request_timeout=3600)
+            client.indices.forcemerge(index=index, params={"max_num_segments": 1, "request_timeout": 3600})
             # The reader opened by the refresh above still holds the merged-away segments (their
             # files stay on disk, counted by the store stats, until the next refresh): let go of them.
             client.indices.refresh(index=index)
@@ -541,7 +542,7 @@ def _update_meta(client: OpenSearch, index: str, **values: Any) -> None:
 def _mark_served(client: OpenSearch, index: str) -> None:
     """Record in the mapping's _meta that this version has served, so pruning keeps versions
     worth rolling back to rather than builds that never served (they had rejected rows)."""
-    _update_meta(client, index, served_at=datetime.now(timezone.utc).isoformat())
+    _update_meta(client, index, served_at=datetime.now(UTC).isoformat())
 
 
 def _prune(client: OpenSearch, alias: str, keep: int) -> None:

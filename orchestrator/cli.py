@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import time
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -20,7 +21,7 @@ console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
@@ -435,7 +436,8 @@ def plans_sync() -> None:
     results = sync_plans(_client(), _plans())
     table = Table("strategy", "script id", "stored", "renders")
     for r in results:
-        table.add_row(r.plan, r.script_id, "new" if r.created else "already", "ok" if r.rendered_ok else f"[red]{escape(str(r.error))}[/]")
+        table.add_row(r.plan, r.script_id, "new" if r.created else "already",
+                      "ok" if r.rendered_ok else f"[red]{escape(str(r.error))}[/]")
     console.print(table)
     if not all(r.rendered_ok for r in results):
         sys.exit(1)
@@ -501,8 +503,8 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
     Exits 1 when every strategy that ran failed (the errors are printed), 2 for a bad request."""
     import json as jsonlib
 
-    from .filters import FilterError, parse_cli_filters
     from .datatypes import ArmStatus
+    from .filters import FilterError, parse_cli_filters
     from .pipeline import QueryError
 
     try:

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit
 
 DEFAULT_URL = "http://127.0.0.1:9200"
@@ -87,7 +87,7 @@ class ConnectionSettings:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"OPENSEARCH_URL={self.url!r} must look like http(s)://host:port")
         try:
-            parts.port
+            _ = parts.port  # raises for a malformed port
         except ValueError:
             raise ConfigError(f"OPENSEARCH_URL={self.url!r} has an invalid port") from None
         if (self.user is None) != (self.password is None):
@@ -100,7 +100,7 @@ class ConnectionSettings:
             raise ConfigError("max_retries must be >= 0")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ConnectionSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConnectionSettings:
         env = os.environ if env is None else env
         return cls(
             url=env.get("OPENSEARCH_URL", DEFAULT_URL).rstrip("/") or DEFAULT_URL,

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -371,8 +371,8 @@ def _iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any], str] | RowE
     RowError saying why not."""
     sp = str(path)
     for line_no, text, err in _iter_lines(path):
-        if err is not None:
-            yield RowError(sp, line_no, err)
+        if err is not None or text is None:
+            yield RowError(sp, line_no, err or "unreadable line")
             continue
         obj = _parse_object(sp, line_no, text)
         if isinstance(obj, RowError):
@@ -491,7 +491,8 @@ def read_qrels(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, int]],
             grade = int(f)
         docs = qrels.setdefault(qid, {})
         if did in docs:
-            errors.append(RowError(sp, line_no, f"duplicate judgment for query {qid!r}, doc {did!r} (kept the first, grade {docs[did]})"))
+            errors.append(RowError(sp, line_no, f"duplicate judgment for query {qid!r}, doc {did!r} "
+                                                f"(kept the first, grade {docs[did]})"))
             continue
         docs[did] = grade
     return qrels, errors
@@ -740,8 +741,10 @@ def write_qrels(path: str | os.PathLike[str], qrels: Mapping[str, Mapping[str, i
     """Write BEIR qrels TSV (with header). Accepts a nested mapping or (qid, did, grade) triples."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    triples: Iterable[tuple[str, str, int]]
     if isinstance(qrels, Mapping):
-        triples: Iterable[tuple[str, str, int]] = ((q, d, g) for q, docs in qrels.items() for d, g in docs.items())
+        nested = cast("Mapping[str, Mapping[str, int]]", qrels)
+        triples = ((q, d, g) for q, docs in nested.items() for d, g in docs.items())
     else:
         triples = qrels
     n = 0
@@ -779,7 +782,8 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     report = ds.check(max_errors=args.max_errors)
     print(json.dumps(report, indent=2, ensure_ascii=False))
-    bad = report["corpus_errors"] or report["query_errors"] or any(s["errors"] or s["dangling"] for s in report["splits"].values())
+    splits = report["splits"].values()
+    bad = report["corpus_errors"] or report["query_errors"] or any(s["errors"] or s["dangling"] for s in splits)
     return 1 if bad else 0
 
 

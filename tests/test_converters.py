@@ -268,3 +268,22 @@ def test_specs_fit_the_catalogue_template(cranfield, spotify, icecat):
         spec = Dataset.open(out).spec
         props = template.body(spec)["mappings"]["properties"]
         assert set(spec.facets) | set(spec.numeric) <= set(props)
+
+
+# ------------------------------------------------------------------------------ no source data
+
+
+@pytest.mark.parametrize("name", ["convert_cranfield", "convert_spotify", "convert_icecat"])
+def test_missing_source_is_one_line_and_exit_2(name, tmp_path):
+    """On a fresh clone ../shared is absent: the converters name the missing path, no traceback."""
+    import subprocess
+
+    (tmp_path / "empty").mkdir()
+    for src, named in ((tmp_path / "nowhere", tmp_path / "nowhere"), (tmp_path / "empty", tmp_path / "empty")):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), str(src), str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and str(named) in lines[0], proc.stderr
+        assert "shared" in lines[0] and proc.stdout == ""
+        assert not (tmp_path / "out").exists()

@@ -476,11 +476,11 @@ def test_cutting_never_changes_the_tokens(monkeypatch, max_tokens):
     enc = SentenceEncoder(max_tokens=max_tokens)
     rng = random.Random(max_tokens)
     shortened = 0
-    for _ in range(600):
+    for _ in range(400):
         text = "".join(rng.choice(_CUT_PIECES) for _ in range(rng.randint(0, 300)))
         assert enc.tokenize([text])[0] == enc._tokenizer.encode(text).ids, repr(text)
         shortened += len(enc._cut(text)) < len(text)
-    assert shortened > 400
+    assert shortened > 250
 
 
 def test_split_points_split_the_tokenizer():

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from orchestrator.catalog import drop, load_dataset
-from orchestrator.datasets import Dataset
-from orchestrator.datasets import QueryRow
+from orchestrator.datasets import Dataset, QueryRow
 from orchestrator.datatypes import ArmStatus
 from orchestrator.evaluate import Ranking, RunSystem, evaluate, judged_queries, paired_t_test
 

@@ -12,8 +12,7 @@ import pytest
 
 from orchestrator.catalog import drop, load_dataset
 from orchestrator.datasets import Dataset
-from orchestrator.filters import (MAX_FIELDS, MAX_VALUES, FilterError, FilterFields, build_filter_clauses,
-                                  parse_cli_filters)
+from orchestrator.filters import MAX_FIELDS, MAX_VALUES, FilterError, FilterFields, build_filter_clauses, parse_cli_filters
 from orchestrator.pipeline import QueryError, SearchPipeline
 from orchestrator.strategies import load_plans, sync_plans
 

@@ -268,7 +268,8 @@ def test_shuffled_input_gives_identical_output():
     for method, kwargs in [("rrf", {}), ("weighted", {"normalization": "minmax"}), ("weighted", {"normalization": "zscore"})]:
         expected = canonical(fuse(results, method, weights=weights, **kwargs))
         for _ in range(20):
-            shuffled = [StrategyResult(r.strategy, tuple(rng.sample(r.hits, len(r.hits))), r.budget, status=r.status, detail=r.detail) for r in results]
+            shuffled = [StrategyResult(r.strategy, tuple(rng.sample(r.hits, len(r.hits))), r.budget,
+                                       status=r.status, detail=r.detail) for r in results]
             rng.shuffle(shuffled)
             assert canonical(fuse(shuffled, method, weights=weights, **kwargs)) == expected  # exact float equality
 

@@ -11,8 +11,7 @@ import sys
 import pytest
 
 from orchestrator.config import ConfigError, ConnectionSettings, ltrr_home
-from orchestrator.node import (FALLBACK_VERSION, LocalNode, NodeAlreadyRunning, NodeError, default_version,
-                               find_java, maven_fetch)
+from orchestrator.node import FALLBACK_VERSION, LocalNode, NodeAlreadyRunning, NodeError, default_version, find_java, maven_fetch
 
 
 def test_connection_settings_defaults_and_validation(tmp_path):

@@ -14,8 +14,17 @@ from orchestrator.catalog import drop, load_dataset
 from orchestrator.datasets import Dataset
 from orchestrator.datatypes import ArmStatus
 from orchestrator.pipeline import QueryError, SearchPipeline
-from orchestrator.strategies import (ParamError, ParamSpec, PlanError, StrategyCall, StrategyExecutor, load_plan,
-                                     load_plans, plans_dir, sync_plans)
+from orchestrator.strategies import (
+    ParamError,
+    ParamSpec,
+    PlanError,
+    StrategyCall,
+    StrategyExecutor,
+    load_plan,
+    load_plans,
+    plans_dir,
+    sync_plans,
+)
 
 NASTY = [
     'taylor "swift"',

@@ -245,7 +245,9 @@ class FakeClient:
         import unicodedata
 
         self.analyzed.extend(body["text"])
-        fold = lambda t: "".join(c for c in unicodedata.normalize("NFKD", t) if not unicodedata.combining(c)).lower()
+        def fold(t):
+            return "".join(c for c in unicodedata.normalize("NFKD", t) if not unicodedata.combining(c)).lower()
+
         return {"tokens": [{"token": fold(t), "position": i} for i, t in enumerate(body["text"])]}
 
     def search(self, index, body):
