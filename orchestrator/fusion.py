@@ -396,31 +396,22 @@ class WeightedScores(Fusion):
         return NORMALIZATIONS[self.normalization]([_finite(raw) for _rank, raw in entries.values()])
 
 
-FUSION_CLASSES: dict[str, type[Fusion]] = {"rrf": RRF, "weighted": WeightedScores}
+FUSION_METHODS: dict[str, type[Fusion]] = {"rrf": RRF, "weighted": WeightedScores}
+"""The fusion methods by name."""
 
 
 def make_fusion(method: str = "rrf", **options) -> Fusion:
     """A :class:`Fusion` by name (``rrf`` or ``weighted``) with its options (``k``, ``weights``,
     ``normalization``); unknown names and options are a ``ValueError``."""
-    cls = FUSION_CLASSES.get(method) if isinstance(method, str) else None
+    cls = FUSION_METHODS.get(method) if isinstance(method, str) else None
     if cls is None:
-        raise ValueError(f"unknown fusion method {method!r}; choose one of {sorted(FUSION_CLASSES)}")
+        raise ValueError(f"unknown fusion method {method!r}; choose one of {sorted(FUSION_METHODS)}")
     try:
         return cls(**options)
     except TypeError as e:
         raise ValueError(f"bad options for {method} fusion: {e}") from None
 
 
-FUSION_METHODS: dict[str, Callable[..., list[FusedHit]]] = {
-    "rrf": reciprocal_rank_fusion,
-    "weighted": weighted_score_fusion,
-}
-"""Fusion methods of :func:`fuse`, by name."""
-
-
-def fuse(results: Sequence[StrategyResult], method: str = "rrf", **kwargs) -> list[FusedHit]:
-    """Dispatch to a fusion method by name (:data:`FUSION_METHODS`); ``kwargs`` go to it."""
-    function = FUSION_METHODS.get(method) if isinstance(method, str) else None
-    if function is None:
-        raise ValueError(f"unknown fusion method {method!r}; choose one of {sorted(FUSION_METHODS)}")
-    return function(results, **kwargs)
+def fuse(results: Sequence[StrategyResult], method: str = "rrf", *, limit: int | None = None, **options) -> list[FusedHit]:
+    """Fuse by method name: ``make_fusion(method, **options).fuse(results, limit=limit)``."""
+    return make_fusion(method, **options).fuse(results, limit=limit)

@@ -296,3 +296,21 @@ def test_five_strategies_of_one_hundred_fuse_to_the_requested_limit():
     fused = reciprocal_rank_fusion(results, limit=100)
     assert len(fused) == 100
     assert [h.score for h in fused] == sorted((h.score for h in fused), reverse=True)
+
+
+def test_fusion_objects_validate_at_construction_and_name_the_union():
+    from orchestrator.fusion import RRF, WeightedScores, make_fusion
+
+    assert RRF().label == "union (rrf k=60)" and RRF(k=10).label == "union (rrf k=10)"
+    assert WeightedScores(normalization="zscore").label == "union (weighted zscore)"
+    with pytest.raises(ValueError, match="k must be"):
+        RRF(k=0)
+    with pytest.raises(ValueError, match="normalization"):
+        WeightedScores(normalization="softmax")
+    with pytest.raises(ValueError, match="bad options"):
+        make_fusion("rrf", normalization="minmax")
+    with pytest.raises(ValueError, match="unknown fusion method"):
+        make_fusion("borda")
+    results = [result("a", ("x", 1.0), ("y", 0.5)), result("b", ("y", 3.0))]
+    assert make_fusion("rrf", k=1).fuse(results) == reciprocal_rank_fusion(results, k=1)
+    assert ids(RRF(weights={"a": 0.0}).fuse(results)) == ["y", "x"]  # weight 0 keeps provenance, adds nothing
