@@ -202,7 +202,8 @@ def ltr_models_dir() -> Path:
 # ------------------------------------------------------------------------------------------------
 
 DEFAULT_HEAP_MB = 1024
-# Variables naming a local plugin zip, used when Maven does not serve the plugin.
+# Variables naming where a plugin zip comes from (file, folder or https URL) when Maven does not
+# serve the plugin.
 PLUGIN_ZIP_VARS = ("LTRR_LTR_PLUGIN_ZIP",)
 
 
@@ -249,14 +250,20 @@ def maven_args(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
         raise ConfigError(f"LTRR_MAVEN_ARGS={raw!r}: {e}") from None
 
 
-def plugin_zip(var: str, env: Mapping[str, str] | None = None) -> Path | None:
-    """The local plugin zip named by ``var`` (one of :data:`PLUGIN_ZIP_VARS`), or ``None``."""
+def plugin_source(var: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Where to take a plugin zip from, named by ``var`` (one of :data:`PLUGIN_ZIP_VARS`): a zip
+    file, a folder holding ``<plugin>-<version>.zip`` for several versions (as an absolute path),
+    or an ``https://`` URL of the zip; ``None`` when unset."""
     if var not in PLUGIN_ZIP_VARS:
         raise ValueError(f"unknown plugin zip variable {var!r} (known: {', '.join(PLUGIN_ZIP_VARS)})")
     raw = _get(env, var)
     if raw is None:
         return None
+    if raw.startswith("https://"):
+        return raw
+    if "://" in raw:
+        raise ConfigError(f"{var}={raw!r}: only https:// URLs are accepted (or a local zip or folder)")
     path = Path(raw).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{var}={raw!r} is not a file")
-    return path
+    if not path.exists():
+        raise ConfigError(f"{var}={raw!r} does not exist (give a zip, a folder of zips or an https URL)")
+    return str(path.resolve())

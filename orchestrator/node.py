@@ -19,6 +19,7 @@ Layout under ``ltrr_home()``::
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, java_home, ltrr_home, maven_args, maven_executable, opensearch_version, plugin_zip
+from .config import ConfigError, java_home, ltrr_home, maven_args, maven_executable, opensearch_version, plugin_source
 
 JAVA_SOURCE = Path(__file__).with_name("java") / "EmbeddedNode.java"
 
@@ -70,7 +71,7 @@ class PluginSpec:
     coordinates: tuple[str, ...]
     exclude: tuple[str, ...] = ()
     required: bool = True
-    zip_env: str | None = None  # config.PLUGIN_ZIP_VARS entry naming a local zip, used when Maven does not serve it
+    zip_env: str | None = None  # config.PLUGIN_ZIP_VARS entry naming where the zip is, when Maven does not serve it
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Distribution:
     # JVM flags that differ by OpenSearch line (taken from the distribution's config/jvm.options).
     locale_providers: str = "SPI,COMPAT"
     jvm_options: tuple[str, ...] = ()
+    plugin_version: str = ""  # plugins are versioned <version>.0 (e.g. 3.5.0.0)
 
     @property
     def distribution_artifact(self) -> str:
@@ -145,7 +147,7 @@ def _distribution(version: str, plugin_version: str, min_java: int, asm: str, an
             zip_env="LTRR_LTR_PLUGIN_ZIP",
         ),
     )
-    return Distribution(version, min_java, modules, plugins, locale_providers, jvm_options)
+    return Distribution(version, min_java, modules, plugins, locale_providers, jvm_options, plugin_version)
 
 
 # k-NN's zip is served on Maven Central only at 2.19.1.0 and 3.5.0.0 (checked 2026-11-25);
@@ -344,9 +346,17 @@ def install(version: str | None = None, *, home_root: Path | None = None,
     root = (home_root or ltrr_home()) / "opensearch"
     home = root / version
     marker = home / ".ltrr-installed.json"
-    if marker.exists() and not force:
-        info = json.loads(marker.read_text())
-        return InstallReport(home, plugins=info.get("plugins", []), missing_optional=info.get("missing_optional", {}))
+    previous = json.loads(marker.read_text()) if marker.exists() else {}
+    sources = _plugin_sources(dist, previous)
+    if previous and not force:
+        missing = set(previous.get("missing_optional", {}))
+        addable = sorted(name for name in missing if name in sources)
+        if not addable:
+            return InstallReport(home, plugins=previous.get("plugins", []),
+                                 missing_optional=previous.get("missing_optional", {}))
+        # A plugin that was missing can be had now (e.g. LTRR_LTR_PLUGIN_ZIP was set since): rebuild
+        # aside with it; the current home keeps serving until the new one is complete.
+        log(f"adding {', '.join(addable)} to the installed OpenSearch {version}")
 
     t0 = time.monotonic()
     java = find_java(dist.min_java)
@@ -378,15 +388,15 @@ def install(version: str | None = None, *, home_root: Path | None = None,
             if module.policy:
                 (mdir / "plugin-security.policy").write_text(module.policy)
 
+        installed_sources: dict[str, dict[str, str]] = {}
         for plugin in dist.plugins:
             zip_path: Path | None = None
             errors: list[str] = []
-            try:
-                local = plugin_zip(plugin.zip_env) if plugin.zip_env else None
-            except ConfigError as e:
-                raise NodeError(str(e)) from None
-            if local:
-                zip_path = local
+            source = sources.get(plugin.name)
+            if source:
+                log(f"taking {plugin.name} from {source}")
+                zip_path = _plugin_zip_from(source, plugin.name, dist.plugin_version, dl)
+                installed_sources[plugin.name] = {"source": source, "sha256": _sha256(zip_path)}
             else:
                 for coordinate in plugin.coordinates:
                     try:
@@ -398,29 +408,17 @@ def install(version: str | None = None, *, home_root: Path | None = None,
                         errors.append(coordinate)
                         last = str(e)
             if zip_path is None:
-                why = (f"not served by Maven ({', '.join(errors)}); to add it, download the "
-                       f"{plugin.name} zip for OpenSearch {version} and set {plugin.zip_env}=/path/to/zip, "
-                       "then `ltrr node reinstall`")
+                why = (f"not served by Maven ({', '.join(errors)}); to add it, set {plugin.zip_env} to the "
+                       f"{plugin.name} zip for OpenSearch {version} (a file, a folder of zips or an https URL), "
+                       "then `ltrr node reinstall` (see the README)")
                 if plugin.required:
                     raise NodeError(f"{plugin.name}: {last}")
                 report.missing_optional[plugin.name] = why
                 log(f"warning: {plugin.name} {why}")
                 continue
             pdir = build / "plugins" / plugin.name
-            pdir.mkdir(parents=True)
-            with zipfile.ZipFile(zip_path) as zf:
-                for member in zf.namelist():
-                    base = member.rsplit("/", 1)[-1]
-                    if plugin.exclude and any(base.startswith(p) and base.endswith(".jar") for p in plugin.exclude):
-                        continue
-                    zf.extract(member, pdir)
-            # Zips made by the plugin CLI's layout keep everything under opensearch/; flatten it.
-            nested = pdir / "opensearch"
-            if not (pdir / "plugin-descriptor.properties").exists() and nested.is_dir():
-                for child in nested.iterdir():
-                    shutil.move(str(child), pdir)
-                nested.rmdir()
-            _check_plugin_version(pdir, version)
+            _extract_plugin(zip_path, pdir, plugin.exclude)
+            _check_plugin_version(pdir, version, zip_path)
             report.plugins.append(plugin.name)
 
         log("compiling the node launcher")
@@ -437,20 +435,98 @@ def install(version: str | None = None, *, home_root: Path | None = None,
         report.seconds = time.monotonic() - t0
         (build / ".ltrr-installed.json").write_text(json.dumps(
             {"version": version, "plugins": report.plugins, "missing_optional": report.missing_optional,
-             "artifacts": report.downloaded, "java": str(java.java)}, indent=2))
+             "artifacts": report.downloaded, "plugin_sources": installed_sources, "java": str(java.java)}, indent=2))
         if home.exists():
             shutil.rmtree(home)
         shutil.move(str(build), home)
     return report
 
 
-def _check_plugin_version(pdir: Path, version: str) -> None:
+def _plugin_sources(dist: Distribution, previous: dict) -> dict[str, str]:
+    """Where each non-Maven plugin comes from: its variable (e.g. ``LTRR_LTR_PLUGIN_ZIP``) when
+    set, else the source the installed distribution remembers (so a reinstall keeps the plugin)."""
+    out: dict[str, str] = {}
+    remembered = previous.get("plugin_sources", {})
+    for plugin in dist.plugins:
+        if not plugin.zip_env:
+            continue
+        try:
+            source = plugin_source(plugin.zip_env)
+        except ConfigError as e:
+            raise NodeError(str(e)) from None
+        source = source or remembered.get(plugin.name, {}).get("source")
+        if source:
+            out[plugin.name] = source
+    return out
+
+
+def _plugin_zip_from(source: str, name: str, plugin_version: str, download_dir: Path) -> Path:
+    """The zip of plugin ``name`` at ``plugin_version`` (e.g. 3.5.0.0) from ``source``: an https
+    URL (downloaded), a folder holding ``<name>-<plugin_version>.zip``, or a zip file."""
+    if source.startswith("https://"):
+        download_dir.mkdir(parents=True, exist_ok=True)
+        target = download_dir / f"{name}-{plugin_version}.zip"
+        try:
+            with urllib.request.urlopen(source, timeout=120) as resp, open(target, "wb") as out:
+                shutil.copyfileobj(resp, out)
+        except (urllib.error.URLError, OSError) as e:
+            raise NodeError(f"{name}: downloading {source} failed: {e}") from None
+        return target
+    path = Path(source)
+    if path.is_dir():
+        wanted = path / f"{name}-{plugin_version}.zip"
+        if not wanted.is_file():
+            have = ", ".join(sorted(p.name for p in path.glob("*.zip"))) or "no zips"
+            raise NodeError(f"{name}: {path} has no {wanted.name} for this node (it has: {have})")
+        return wanted
+    if not path.is_file():
+        raise NodeError(f"{name}: {source} does not exist any more; set the plugin's variable again")
+    return path
+
+
+def _extract_plugin(zip_path: Path, pdir: Path, exclude: Sequence[str] = ()) -> None:
+    """Unpack a plugin zip into ``pdir`` with its unix permissions, leaving out jars whose names
+    start with one of ``exclude``; a zip in the plugin CLI's layout (everything under
+    ``opensearch/``) is flattened."""
+    pdir.mkdir(parents=True)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile:
+        raise NodeError(f"{pdir.name}: {zip_path} is not a zip file") from None
+    with zf:
+        for member in zf.infolist():
+            base = member.filename.rsplit("/", 1)[-1]
+            if any(base.startswith(p) and base.endswith(".jar") for p in exclude):
+                continue
+            extracted = zf.extract(member, pdir)
+            mode = (member.external_attr >> 16) & 0o777  # zipfile.extract drops unix permissions
+            if mode:
+                os.chmod(extracted, mode)
+    nested = pdir / "opensearch"
+    if not (pdir / "plugin-descriptor.properties").exists() and nested.is_dir():
+        for child in nested.iterdir():
+            shutil.move(str(child), pdir)
+        nested.rmdir()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_plugin_version(pdir: Path, version: str, zip_path: Path | None = None) -> None:
     desc = pdir / "plugin-descriptor.properties"
     if not desc.exists():
         raise NodeError(f"{pdir.name}: the zip has no plugin-descriptor.properties")
     props = dict(line.split("=", 1) for line in desc.read_text().splitlines() if "=" in line and not line.startswith("#"))
-    if props.get("opensearch.version", "").strip() != version:
-        raise NodeError(f"{pdir.name} is built for OpenSearch {props.get('opensearch.version')!r}, not {version}")
+    built_for = props.get("opensearch.version", "").strip()
+    if built_for != version:
+        where = f" ({zip_path})" if zip_path else ""
+        raise NodeError(f"{pdir.name}{where} is built for OpenSearch {built_for or 'an unknown version'}, but this "
+                        f"node runs OpenSearch {version}: use the {pdir.name} zip for {version}")
 
 
 # --------------------------------------------------------------------------------------------

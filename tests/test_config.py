@@ -50,7 +50,12 @@ def test_node_settings(tmp_path):
         config.maven_args({"LTRR_MAVEN_ARGS": "-s 'unclosed"})
     zip_path = tmp_path / "ltr.zip"
     zip_path.write_bytes(b"PK")
-    assert config.plugin_zip("LTRR_LTR_PLUGIN_ZIP", {"LTRR_LTR_PLUGIN_ZIP": str(zip_path)}) == zip_path
-    assert config.plugin_zip("LTRR_LTR_PLUGIN_ZIP", {}) is None
-    with pytest.raises(ConfigError, match="is not a file"):
-        config.plugin_zip("LTRR_LTR_PLUGIN_ZIP", {"LTRR_LTR_PLUGIN_ZIP": str(tmp_path / "missing.zip")})
+    var = "LTRR_LTR_PLUGIN_ZIP"
+    assert config.plugin_source(var, {var: str(zip_path)}) == str(zip_path.resolve())
+    assert config.plugin_source(var, {var: str(tmp_path)}) == str(tmp_path.resolve())  # a folder of zips
+    assert config.plugin_source(var, {var: "https://example.org/ltr.zip"}) == "https://example.org/ltr.zip"
+    assert config.plugin_source(var, {}) is None
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.plugin_source(var, {var: str(tmp_path / "missing.zip")})
+    with pytest.raises(ConfigError, match="only https"):
+        config.plugin_source(var, {var: "http://example.org/ltr.zip"})

@@ -200,3 +200,63 @@ def test_launcher_is_compiled_for_the_minimum_java():
     for version, path in found:
         major = int.from_bytes(path.read_bytes()[6:8], "big")
         assert major == DISTRIBUTIONS[version].min_java + 44, (version, major)
+
+
+def _plugin_zip(path, opensearch_version: str, *, nested: bool = False, extra: dict | None = None):
+    """A minimal plugin zip: a descriptor, a jar, an executable script (mode 0755)."""
+    import zipfile
+
+    prefix = "opensearch/" if nested else ""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{prefix}plugin-descriptor.properties", f"name=opensearch-ltr\nopensearch.version={opensearch_version}\n")
+        zf.writestr(f"{prefix}ltr.jar", b"jar")
+        zf.writestr(f"{prefix}log4j-core-2.21.0.jar", b"jar")
+        script = zipfile.ZipInfo(f"{prefix}bin/tool")
+        script.external_attr = 0o100755 << 16
+        zf.writestr(script, "#!/bin/sh\n")
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_plugin_zip_sources_versions_and_permissions(tmp_path):
+    from orchestrator.node import NodeError, _check_plugin_version, _extract_plugin, _plugin_zip_from
+
+    folder = tmp_path / "zips"
+    folder.mkdir()
+    _plugin_zip(folder / "opensearch-ltr-3.5.0.0.zip", "3.5.0")
+    _plugin_zip(folder / "opensearch-ltr-2.19.1.0.zip", "2.19.1", nested=True)
+    # A folder holding zips for several versions: the one for this node is taken.
+    assert _plugin_zip_from(str(folder), "opensearch-ltr", "2.19.1.0", tmp_path / "dl").name == "opensearch-ltr-2.19.1.0.zip"
+    with pytest.raises(NodeError, match=r"no opensearch-ltr-3\.9\.0\.0\.zip .*opensearch-ltr-2\.19\.1\.0\.zip"):
+        _plugin_zip_from(str(folder), "opensearch-ltr", "3.9.0.0", tmp_path / "dl")
+    single = folder / "opensearch-ltr-3.5.0.0.zip"
+    assert _plugin_zip_from(str(single), "opensearch-ltr", "3.5.0.0", tmp_path / "dl") == single
+    with pytest.raises(NodeError, match="does not exist any more"):
+        _plugin_zip_from(str(tmp_path / "gone.zip"), "opensearch-ltr", "3.5.0.0", tmp_path / "dl")
+
+    # Unpacked with permissions, excluded jars left out, the CLI layout flattened.
+    for zip_name, target in (("opensearch-ltr-3.5.0.0.zip", "a"), ("opensearch-ltr-2.19.1.0.zip", "b")):
+        pdir = tmp_path / target / "opensearch-ltr"
+        _extract_plugin(folder / zip_name, pdir, exclude=("log4j-",))
+        assert (pdir / "ltr.jar").exists() and not (pdir / "log4j-core-2.21.0.jar").exists()
+        assert (pdir / "bin" / "tool").stat().st_mode & 0o777 == 0o755
+    _check_plugin_version(tmp_path / "a" / "opensearch-ltr", "3.5.0")
+    # A zip for the wrong version names both versions.
+    with pytest.raises(NodeError, match=r"built for OpenSearch 2\.19\.1, but this node runs OpenSearch 3\.5\.0"):
+        _check_plugin_version(tmp_path / "b" / "opensearch-ltr", "3.5.0", folder / "opensearch-ltr-2.19.1.0.zip")
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(NodeError, match="not a zip file"):
+        _extract_plugin(tmp_path / "bad.zip", tmp_path / "c" / "opensearch-ltr")
+
+
+def test_plugin_sources_prefer_the_variable_then_remember(tmp_path, monkeypatch):
+    from orchestrator.node import DISTRIBUTIONS, _plugin_sources
+
+    dist = DISTRIBUTIONS["3.5.0"]
+    remembered = {"plugin_sources": {"opensearch-ltr": {"source": "/old/zips", "sha256": "x"}}}
+    monkeypatch.delenv("LTRR_LTR_PLUGIN_ZIP", raising=False)
+    assert _plugin_sources(dist, {}) == {}
+    assert _plugin_sources(dist, remembered) == {"opensearch-ltr": "/old/zips"}  # a reinstall keeps LTR
+    monkeypatch.setenv("LTRR_LTR_PLUGIN_ZIP", str(tmp_path))
+    assert _plugin_sources(dist, remembered) == {"opensearch-ltr": str(tmp_path.resolve())}
