@@ -98,16 +98,18 @@ class PipelineSearches:
         return self._responses[query.id]
 
     def arm(self, name: str) -> System:
-        return _ArmView(self, name)
+        return _ResponseView(self, name)
 
     def union(self) -> System:
-        return _UnionView(self)
+        return _ResponseView(self, None)
 
 
 @dataclass
-class _ArmView:
+class _ResponseView:
+    """One system read off the shared responses: the arm ``arm``, or the fused union (None)."""
+
     searches: PipelineSearches
-    name: str
+    arm: str | None
 
     def prepare(self, queries: Sequence[QueryRow]) -> None:
         self.searches.prepare(queries)
@@ -116,21 +118,9 @@ class _ArmView:
         resp = self.searches.response(query)
         if isinstance(resp, Exception):
             return Ranking((), None, ArmStatus.FAILED, str(resp))
-        result = next(r for r in resp.strategy_results if r.strategy == self.name)
-        return Ranking(tuple(h.doc_id for h in result.hits), None, result.status, result.detail)
-
-
-@dataclass
-class _UnionView:
-    searches: PipelineSearches
-
-    def prepare(self, queries: Sequence[QueryRow]) -> None:
-        self.searches.prepare(queries)
-
-    def rank(self, query: QueryRow) -> Ranking:
-        resp = self.searches.response(query)
-        if isinstance(resp, Exception):
-            return Ranking((), None, ArmStatus.FAILED, str(resp))
+        if self.arm is not None:
+            result = next(r for r in resp.strategy_results if r.strategy == self.arm)
+            return Ranking(tuple(h.doc_id for h in result.hits), None, result.status, result.detail)
         if resp.all_failed:
             return Ranking((), frozenset(), ArmStatus.FAILED, "; ".join(f"{k}: {v}" for k, v in resp.errors.items()))
         return Ranking(tuple(h.doc_id for h in resp.hits), frozenset(resp.candidates))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,6 +31,18 @@ def _dataset(root, *, titles: bool, popularity: bool):
     spec = {"name": "t", **({"popularity": "plays"} if popularity else {})}
     (root / "dataset.yaml").write_text(json.dumps(spec))
     return Dataset.open(root)
+
+
+@contextmanager
+def _loaded(os_client, ds):
+    """The dataset loaded (without vectors) under a fresh alias, with the shipped plans synced."""
+    alias = f"ltrr-test-app-{uuid.uuid4().hex[:8]}"
+    report = load_dataset(os_client, ds, alias=alias, embed=False)
+    sync_plans(os_client, load_plans())
+    try:
+        yield alias, report
+    finally:
+        drop(os_client, alias)
 
 
 def test_plan_applicability_rules():
@@ -59,46 +72,32 @@ def test_applies_block_is_validated(tmp_path):
 
 def test_catalogue_without_titles_or_popularity(os_client, tmp_path):
     ds = _dataset(tmp_path / "d", titles=False, popularity=False)
-    alias = f"ltrr-test-app-{uuid.uuid4().hex[:8]}"
-    report = load_dataset(os_client, ds, alias=alias, embed=False)
-    try:
+    with _loaded(os_client, ds) as (alias, report):
         meta = next(iter(os_client.indices.get_mapping(index=alias).values()))["mappings"]["_meta"]["ltrr"]
         assert meta["fields_present"]["text"] == 3
         assert "title" not in meta["fields_present"] and "popularity" not in meta["fields_present"]
         doc = os_client.get(index=report.index, id="d0")["_source"]
         assert "popularity" not in doc  # no declared popularity: no field, so no boost at all
-        plans = load_plans()
-        sync_plans(os_client, plans)
-        resp = SearchPipeline(os_client, alias, plans).search("feeling good", size=3)
+        resp = SearchPipeline(os_client, alias, load_plans()).search("feeling good", size=3)
         by = {r.strategy: r for r in resp.strategy_results}
         assert by["fuzzy"].status is ArmStatus.NOT_APPLICABLE and "title" in by["fuzzy"].detail
         assert by["knn"].status is ArmStatus.NOT_APPLICABLE  # no encoder, no vectors
         assert by["bm25_popularity"].ok and by["bm25_popularity"].hits[0].doc_id == "d0"
         assert resp.round_trips == 1 and not resp.errors
-    finally:
-        drop(os_client, alias)
 
 
 def test_popularity_boost_when_declared(os_client, tmp_path):
     ds = _dataset(tmp_path / "d", titles=True, popularity=True)
-    alias = f"ltrr-test-app-{uuid.uuid4().hex[:8]}"
-    load_dataset(os_client, ds, alias=alias, embed=False)
-    try:
-        plans = load_plans()
-        sync_plans(os_client, plans)
-        pipe = SearchPipeline(os_client, alias, plans)
+    with _loaded(os_client, ds) as (alias, _):
+        pipe = SearchPipeline(os_client, alias, load_plans())
         # d0 and d1 match "song" equally well (same length after stopwords); the more popular d1
         # (10 plays vs 1) comes first.
         resp = pipe.search("song", strategies=["bm25_popularity"], size=3)
         assert [h.doc_id for h in resp.strategy_results[0].hits] == ["d1", "d0"]
-    finally:
-        drop(os_client, alias)
 
 
 def test_vector_parameter_gets_the_query_vector_whatever_its_name(os_client, tmp_path):
     ds = _dataset(tmp_path / "d", titles=True, popularity=False)
-    alias = f"ltrr-test-app-{uuid.uuid4().hex[:8]}"
-    load_dataset(os_client, ds, alias=alias, embed=False)
     plans_dir = tmp_path / "plans"
     plans_dir.mkdir()
     for plan in load_plans().values():
@@ -120,9 +119,7 @@ def test_vector_parameter_gets_the_query_vector_whatever_its_name(os_client, tmp
         def encode_one(self, text):
             return [0.25, 0.0, 0.5]
 
-    try:
+    with _loaded(os_client, ds) as (alias, _):
         resp = SearchPipeline(os_client, alias, plans, encoder=Encoder()).search("love", strategies=["vec_echo"])
         result = resp.strategy_results[0]
         assert result.ok and result.hits and result.hits[0].score == pytest.approx(0.75)
-    finally:
-        drop(os_client, alias)
