@@ -200,7 +200,7 @@ def ensure_index(client: OpenSearch, alias: str, template: str) -> str:
 def to_document(row: CorpusRow, spec: DatasetSpec, loaded_at: str) -> dict[str, Any]:
     """The catalogue document for one validated corpus row."""
     fields: Mapping[str, Any] = row.fields  # validated by the reader: facet str/list, numbers finite
-    doc: dict[str, Any] = {"title": row.title, "text": row.text, "loaded_at": loaded_at}
+    doc: dict[str, Any] = {"doc_id": row.id, "title": row.title, "text": row.text, "loaded_at": loaded_at}
     entity = fields.get(spec.entity_type) if spec.entity_type else None
     doc["entity_type"] = entity or spec.default_entity_type or "document"
     facet_values: list[str] = []
