@@ -562,6 +562,22 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
         _fail(f"every strategy failed ({len(ran)} ran)")
 
 
+def _feature_set(pipe):
+    """The LTR feature set for the pipeline's plans, stored in the plugin (idempotent); a clear
+    error when the cluster has no LTR plugin."""
+    from .ltr.features import FeatureSetError, init_feature_set, load_feature_set
+
+    installed = {row["component"] for row in pipe.client.cat.plugins(params={"format": "json"})}
+    if "opensearch-ltr" not in installed:
+        _fail("the cluster has no opensearch-ltr plugin: see the README (LTRR_LTR_PLUGIN_ZIP, ltrr node reinstall)")
+    try:
+        feature_set = load_feature_set(list(pipe.plans))
+    except FeatureSetError as e:
+        _fail(str(e), 2)
+    init_feature_set(pipe.client, feature_set)
+    return feature_set
+
+
 def _parse_budgets(spec: str | None, names: list[str], default: int) -> dict[str, int]:
     """``arm=N,arm=N`` over the plan names (others keep ``default``); a usage error otherwise."""
     budgets = dict.fromkeys(names, default)
@@ -595,12 +611,15 @@ def _parse_budgets(spec: str | None, names: list[str], default: int) -> dict[str
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Add the textbook anchors (rank_bm25 BM25, exact cosine, their RRF) to the table.")
 @click.option("--group-by", default=None, help="A query field (e.g. intent) to break results down by.")
+@click.option("--rerank", "rerank_spec", default=None, metavar="cv:K",
+              help="Add the union reranked by the LTR plugin, out of sample: K folds of queries, each "
+                   "reranked by a model trained on the others (needs the LTR plugin).")
 @click.option("--limit-queries", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write results as JSON here (with per-query values) and TREC run files beside it.")
 def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int, budget_spec: str | None,
              fusion: str, rrf_k: float, normalization: str, baselines: bool, group_by: str | None,
-             limit_queries: int | None, out: str | None) -> None:
+             rerank_spec: str | None, limit_queries: int | None, out: str | None) -> None:
     """nDCG@10, R@100 and RR@10 (trec_eval's) of each strategy alone, of their fused union and of
     the textbook anchors, on the qrels, with a paired t-test against the best strategy."""
     import json as jsonlib
@@ -640,6 +659,12 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
                   f"{escape(', '.join(f'{k}: {v}' for k, v in list(not_limit.items())[:3]))}); see --out for all")
     if not queries:
         _fail("no query to evaluate (no judged query with text and a positive judgment)", 2)
+    rerank_folds = None
+    if rerank_spec is not None:
+        kind, _, k = rerank_spec.partition(":")
+        if kind != "cv" or not k.isdigit() or not 2 <= int(k) <= len(queries):
+            _fail(f"--rerank {rerank_spec!r}: use cv:K with 2 <= K <= {len(queries)} (the number of queries)", 2)
+        rerank_folds = int(k)
     fusion_options = {"k": rrf_k} if fusion == "rrf" else {"normalization": normalization}
     try:
         pipe = _pipeline(alias, fusion=fusion, fusion_options=fusion_options)
@@ -647,6 +672,7 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
     except ValueError as e:
         _fail(str(e), 2)
         return
+    feature_set = _feature_set(pipe) if rerank_folds else None
     cache = None
     if baselines and pipe.encoder is not None:
         from .embeddings import EmbeddingCache
@@ -656,16 +682,23 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
         task = bar.add_task(f"evaluating {len(queries)} queries", total=len(queries))
         evaluation = evaluate_pipeline(pipe, dataset, queries, qrels, budgets=budgets, depth=budget,
                                        baselines=baselines, embedding_cache=cache, group_by=group_by,
-                                       skipped=skipped, on_query=lambda: bar.advance(task))
+                                       skipped=skipped, rerank_folds=rerank_folds, feature_set=feature_set,
+                                       on_query=lambda: bar.advance(task))
     union = pipe.fuser.label
+    reranked = f"{union} + rerank (cv:{rerank_folds})" if rerank_folds else None
     best_arm = best_system(evaluation, list(budgets))
     title = (f"{dataset.spec.name}: {split}, {len(queries)} queries, budgets "
              f"{', '.join(f'{k}={v}' for k, v in budgets.items())}")
-    console.print(evaluation_table(evaluation, title, best_arm))
+    console.print(evaluation_table(evaluation, title, [best_arm, union] if reranked else [best_arm]))
     for group, ids in sorted(evaluation.groups.items()):
-        console.print(evaluation_table(evaluation, f"{group_by} = {group} ({len(ids)} queries)", None, ids))
+        console.print(evaluation_table(evaluation, f"{group_by} = {group} ({len(ids)} queries)", (), ids))
     for system, anchor, measure, ratio in anchor_ratios(evaluation, union):
         console.print(f"  {escape(system)} / {escape(anchor)} ({measure}): [bold]{ratio:.3f}x[/]")
+    if reranked:
+        from .reporting import rerank_ratios
+
+        for system, reference, measure, ratio in rerank_ratios(evaluation, reranked, union, best_arm):
+            console.print(f"  {escape(system)} / {escape(reference)} ({measure}): [bold]{ratio:.3f}x[/]")
     if out:
         meta = {"dataset": dataset.spec.name, "split": split, "index": alias, "budgets": budgets,
                 "fusion": union, "queries": len(queries), "best_arm": best_arm}

@@ -21,7 +21,8 @@ variable                      meaning                                    default
 ``LTRR_JAVA_HOME``            JDK that runs the local node               ``JAVA_HOME``, ``java`` on PATH
 ``LTRR_MVN``                  Maven executable (fetches the node)        ``mvn`` on PATH
 ``LTRR_MAVEN_ARGS``           extra Maven arguments, e.g. ``-s m2.xml``  none
-``LTRR_LTR_PLUGIN_ZIP``       local LTR plugin zip, instead of Maven     none
+``LTRR_LTR_PLUGIN_ZIP``       LTR plugin zip: file, folder or https URL  none
+``LTRR_MODEL_CARDS``          where model cards are written              ``ltr_models/cards`` (if writable)
 ============================  =========================================  ==================================
 
 Only this module reads them: the rest of ltrr calls the functions below. (Outside the package,
@@ -195,6 +196,18 @@ def index_templates_dir(env: Mapping[str, str] | None = None) -> Path:
 def ltr_models_dir() -> Path:
     """The packaged ``ltr_models/``: LTR feature sets and trained models with their model cards."""
     return package_data_dir("ltr_models")
+
+
+def model_cards_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``LTRR_MODEL_CARDS``, else ``ltr_models/cards`` beside the feature sets when that is
+    writable (a checkout), else ``$LTRR_HOME/model_cards`` (an installed package)."""
+    raw = _get(env, "LTRR_MODEL_CARDS")
+    if raw is not None:
+        return Path(raw).expanduser()
+    packaged = ltr_models_dir()
+    if os.access(packaged, os.W_OK):
+        return packaged / "cards"
+    return ltrr_home(env) / "model_cards"
 
 
 # ------------------------------------------------------------------------------------------------

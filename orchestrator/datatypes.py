@@ -79,3 +79,28 @@ class FusedHit:
     def strategies(self) -> tuple[str, ...]:
         """Names of the strategies that found the document, in input order."""
         return tuple(p.strategy for p in self.provenance)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One result of a search: a fused hit with what the rerank stage added.
+
+    ``score`` orders the results: the model's score when the reranker scored this candidate, else
+    the fused score. Candidates past the rerank window (or all of them, without a model) keep
+    their fused order after the reranked ones.
+    """
+
+    doc_id: str
+    score: float
+    provenance: tuple[Provenance, ...]
+    fused_score: float
+    model_score: float | None = None
+    features: dict[str, float] | None = None  # feature values, when the search asked to explain
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        return tuple(p.strategy for p in self.provenance)
+
+    @classmethod
+    def of(cls, hit: FusedHit) -> Candidate:
+        return cls(hit.doc_id, hit.score, hit.provenance, hit.score)

@@ -89,7 +89,7 @@ def run_demo(console: Console, *, docs: int = 20_000, queries: int = 300, seed: 
     evaluation = evaluate_pipeline(pipe, dataset, judged, qrels, budgets=budgets, depth=100,
                                    embedding_cache=cache, group_by="intent", skipped=skipped)
     best_arm = best_system(evaluation, list(plans))
-    console.print(evaluation_table(evaluation, "all queries", best_arm))
+    console.print(evaluation_table(evaluation, "all queries", [best_arm]))
     table = Table("intent", *plans, pipe.fuser.label,
                   title="nDCG@10 by query intent: the best strategy depends on the query")
     for intent, ids in sorted(evaluation.groups.items()):

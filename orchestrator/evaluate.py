@@ -24,6 +24,7 @@ system (:func:`paired_t_test`), as is customary in IR evaluation (Smucker et al.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,9 @@ class PipelineSearches:
             self._vectors[q.id] = vectors[i] if vectors is not None else None
             self._prepared.add(q.id)
 
+    def vector(self, query_id: str) -> Any:
+        return self._vectors.get(query_id)
+
     def response(self, query: QueryRow) -> Any:
         """The pipeline's response to ``query`` (a QueryError is returned, not raised)."""
         from .pipeline import QueryError
@@ -124,6 +128,77 @@ class _ResponseView:
         if resp.all_failed:
             return Ranking((), frozenset(), ArmStatus.FAILED, "; ".join(f"{k}: {v}" for k, v in resp.errors.items()))
         return Ranking(tuple(h.doc_id for h in resp.hits), frozenset(resp.candidates))
+
+
+class CrossValidatedRerank:
+    """The fused union reranked out of sample: queries are split into ``k`` folds, and each
+    fold's queries are reranked *by the LTR plugin* with a model trained on the other folds'
+    logged features and labels (uploaded under a temporary name; :meth:`close` deletes them)."""
+
+    def __init__(self, searches: PipelineSearches, feature_set: Any, qrels: Mapping[str, Mapping[str, int]],
+                 k: int = 5, *, seed: int = 7, on_fold: Callable[[int, int], None] = lambda i, k: None):
+        self.searches, self.feature_set, self.qrels, self.k, self.seed = searches, feature_set, qrels, k, seed
+        self.on_fold = on_fold
+        self.model_of: dict[str, str] = {}
+        self.params: dict[str, dict[str, Any]] = {}
+        self.models: list[str] = []
+        self.folds: list[Any] = []
+
+    def prepare(self, queries: Sequence[QueryRow]) -> None:
+        from .ltr.feature_log import log_features
+        from .ltr.features import request_params
+        from .ltr.model import to_plugin_definition, upload_model
+        from .ltr.training import QrelsLabels, TrainingSet, cross_validate, folds, train
+
+        self.searches.prepare(queries)
+        requests = []
+        for q in queries:
+            resp = self.searches.response(q)
+            if isinstance(resp, Exception) or not resp.hits or resp.all_failed:
+                continue
+            params = request_params(resp.understanding, self.searches.vector(q.id), resp.strategy_results, resp.hits)
+            self.params[q.id] = params
+            requests.append((q.id, params, [h.doc_id for h in resp.hits]))
+        pipeline = self.searches.pipeline
+        logged = log_features(pipeline.client, pipeline.index, self.feature_set, requests)
+        labels = QrelsLabels(self.qrels)
+        data = TrainingSet(self.feature_set, logged,
+                           [np.array([labels.label(q.query_id, d) for d in q.doc_ids]) for q in logged], self.params)
+        tag = uuid.uuid4().hex[:8]
+        for i, test in enumerate(folds(data.query_ids, self.k, self.seed)):
+            held_out = set(test)
+            booster = train(data.subset([q for q in data.query_ids if q not in held_out]))
+            definition, _shift = to_plugin_definition(booster)
+            name = f"ltrr-cv-{tag}-{i + 1}"
+            upload_model(pipeline.client, self.feature_set, name, definition)
+            self.models.append(name)
+            self.model_of.update(dict.fromkeys(test, name))
+            self.on_fold(i + 1, self.k)
+        self.folds = cross_validate(data, self.qrels, self.k, seed=self.seed)  # the booster-side view, for cards
+
+    def rank(self, query: QueryRow) -> Ranking:
+        from .ltr.rerank import Reranker
+
+        resp = self.searches.response(query)
+        if isinstance(resp, Exception):
+            return Ranking((), None, ArmStatus.FAILED, str(resp))
+        ids = tuple(h.doc_id for h in resp.hits)
+        model = self.model_of.get(query.id)
+        if model is None:  # nothing retrieved: nothing to rerank
+            return Ranking(ids, frozenset(resp.candidates))
+        pipeline = self.searches.pipeline
+        outcome = Reranker(pipeline.client, pipeline.index, model, timeout_ms=5000).rerank(self.params[query.id], ids)
+        if not outcome.applied:
+            return Ranking((), None, ArmStatus.FAILED, outcome.error or "the model scored nothing")
+        order = sorted(range(len(ids)), key=lambda i: (-outcome.scores.get(ids[i], float("-inf")), i))
+        return Ranking(tuple(ids[i] for i in order), frozenset(resp.candidates))
+
+    def close(self) -> None:
+        from .ltr.model import delete_model
+
+        for name in self.models:
+            delete_model(self.searches.pipeline.client, name)
+        self.models.clear()
 
 
 @dataclass
@@ -308,27 +383,43 @@ def evaluate(systems: Mapping[str, System], queries: Sequence[QueryRow],
     return Evaluation(results, query_ids, dict(skipped or {}), groups)
 
 
-def pipeline_systems(pipeline: Any, budgets: Mapping[str, int], *, depth: int = 100) -> dict[str, System]:
+def pipeline_systems(pipeline: Any, budgets: Mapping[str, int], *, depth: int = 100,
+                     rerank_folds: int | None = None, feature_set: Any = None,
+                     qrels: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, System]:
     """Each arm of ``budgets`` alone and their fused union (labelled by its fusion), all served
-    from one search per query."""
+    from one search per query; with ``rerank_folds`` also the union reranked out of sample
+    (:class:`CrossValidatedRerank`, needs ``feature_set`` and ``qrels``)."""
     searches = PipelineSearches(pipeline, budgets, depth=depth)
     systems: dict[str, System] = {name: searches.arm(name) for name in budgets}
     systems[pipeline.fuser.label] = searches.union()
+    if rerank_folds:
+        if feature_set is None or qrels is None:
+            raise ValueError("reranking out of sample needs a feature set and the qrels")
+        label = f"{pipeline.fuser.label} + rerank (cv:{rerank_folds})"
+        systems[label] = CrossValidatedRerank(searches, feature_set, qrels, rerank_folds)
     return systems
 
 
 def evaluate_pipeline(pipeline: Any, dataset: Any, queries: Sequence[QueryRow],
                       qrels: Mapping[str, Mapping[str, int]], *, budgets: Mapping[str, int], depth: int = 100,
                       baselines: bool = True, embedding_cache: Any = None, group_by: str | None = None,
-                      skipped: Mapping[str, str] | None = None,
-                      on_query: Callable[[], None] = lambda: None) -> Evaluation:
-    """The standard table: every arm, the union, and (``baselines``) the textbook anchors of
-    :mod:`orchestrator.baselines` computed on the same documents and queries."""
-    systems = pipeline_systems(pipeline, budgets, depth=depth)
+                      skipped: Mapping[str, str] | None = None, rerank_folds: int | None = None,
+                      feature_set: Any = None, on_query: Callable[[], None] = lambda: None) -> Evaluation:
+    """The standard table: every arm, the union, (``rerank_folds``) the union reranked out of
+    sample, and (``baselines``) the textbook anchors of :mod:`orchestrator.baselines` computed on
+    the same documents and queries."""
+    systems = pipeline_systems(pipeline, budgets, depth=depth, rerank_folds=rerank_folds,
+                               feature_set=feature_set, qrels=qrels)
     if baselines:
         from .baselines import reference_systems
 
         vectors = pipeline.encode_queries([q.text for q in queries])
         systems.update(reference_systems(dataset, queries, vectors, depth=depth, encoder=pipeline.encoder,
                                          embedding_cache=embedding_cache))
-    return evaluate(systems, queries, qrels, group_by=group_by, skipped=skipped, on_query=on_query)
+    try:
+        return evaluate(systems, queries, qrels, group_by=group_by, skipped=skipped, on_query=on_query)
+    finally:
+        for system in systems.values():
+            close = getattr(system, "close", None)
+            if close is not None:
+                close()

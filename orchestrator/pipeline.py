@@ -15,9 +15,11 @@ from typing import Any
 
 from opensearchpy import OpenSearch
 
-from .datatypes import ArmStatus, FusedHit, StrategyResult
+from .datatypes import ArmStatus, Candidate, StrategyResult
 from .filters import FilterError, FilterFields, build_filter_clauses
 from .fusion import Fusion, make_fusion
+from .ltr.features import request_params
+from .ltr.rerank import Reranker, RerankOutcome
 from .strategies import QueryPlan, StrategyCall, StrategyExecutor, load_plans
 from .understanding import (
     MAX_QUERY_CHARS,
@@ -43,11 +45,13 @@ class Timings:
     opensearch_took_ms: float
     fusion_ms: float
     total_ms: float
+    rerank_wall_ms: float = 0.0
+    rerank_took_ms: float = 0.0
 
     @property
     def orchestrator_ms(self) -> float:
-        """Our own time: everything except OpenSearch's ``took`` and the sentence encoder."""
-        return self.total_ms - self.opensearch_took_ms - self.embed_ms
+        """Our own time: everything except OpenSearch's ``took`` (both requests) and the encoder."""
+        return self.total_ms - self.opensearch_took_ms - self.rerank_took_ms - self.embed_ms
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,16 @@ class SearchResponse:
     search_id: str
     query: str
     understanding: QueryUnderstanding
-    hits: tuple[FusedHit, ...]
+    hits: tuple[Candidate, ...]
     strategy_results: tuple[StrategyResult, ...]
     timings: Timings
     round_trips: int
+    rerank: RerankOutcome | None = None  # None: no model configured
+
+    @property
+    def model(self) -> str | None:
+        """The LTR model that ordered the results; None when the fused order stands."""
+        return self.rerank.model if self.rerank is not None and self.rerank.applied else None
 
     @property
     def errors(self) -> dict[str, str]:
@@ -105,8 +115,12 @@ class SearchPipeline:
     fusion_options: Mapping[str, Any] = field(default_factory=dict)
     timeout_ms: int = 1000
     dictionary_cache: DictionaryCache | None = None
+    reranker: Reranker | None = None  # the LTR stage; None: the fused order is the answer
+    rerank_window: int = 200  # how many of the fused union the model scores (the rest follow)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.rerank_window <= 10_000:
+            raise ValueError("rerank_window must be between 1 and 10000")
         self.executor = StrategyExecutor(self.client, self.plans)
         self.fuser = self.fusion if isinstance(self.fusion, Fusion) else make_fusion(self.fusion, **self.fusion_options)
         self._catalogue: CatalogueInfo | None = None
@@ -187,7 +201,7 @@ class SearchPipeline:
     def search(self, query: str, *, strategies: Sequence[str] | None = None,
                budgets: Mapping[str, int] | None = None, size: int = 10,
                filters: Mapping[str, Any] | None = None, understander: QueryUnderstander | None = None,
-               vector: Sequence[float] | None = None) -> SearchResponse:
+               vector: Sequence[float] | None = None, explain: bool = False) -> SearchResponse:
         """``filters`` is ``{field: value | [values] | {"gte": x, "lte": y}}`` on the catalogue's
         declared fields (see orchestrator.filters); never query DSL. ``vector`` is the query's
         vector when already computed (see :meth:`encode_queries`)."""
@@ -226,12 +240,30 @@ class SearchPipeline:
         order = {name: i for i, name in enumerate(budgets)}
         results = tuple(sorted((*report.results, *skipped), key=lambda r: order.get(r.strategy, len(order))))
         t3 = time.perf_counter()
-        fused = self.fuser.fuse(results, limit=size)
+        # With a reranker the whole union is fused: the model, not the fused cut, decides the top.
+        fused = self.fuser.fuse(results, limit=None if self.reranker is not None else size)
         t4 = time.perf_counter()
+        outcome = None
+        hits = [Candidate.of(h) for h in fused]
+        if self.reranker is not None and hits:
+            window = fused[: self.rerank_window]
+            outcome = self.reranker.rerank(request_params(u, vector, results, fused),
+                                           [h.doc_id for h in window], explain=explain)
+            hits = _apply_rerank(hits, outcome)
+        t5 = time.perf_counter()
         timings = Timings(
             understand_ms=(t1 - t0) * 1000, embed_ms=embed_ms, execute_wall_ms=(t3 - t2) * 1000,
-            opensearch_took_ms=report.took_ms, fusion_ms=(t4 - t3) * 1000, total_ms=(t4 - t0) * 1000)
-        return SearchResponse(uuid.uuid4().hex, query, u, tuple(fused), results, timings, report.round_trips)
+            opensearch_took_ms=report.took_ms, fusion_ms=(t4 - t3) * 1000, total_ms=(t5 - t0) * 1000,
+            rerank_wall_ms=(t5 - t4) * 1000, rerank_took_ms=outcome.took_ms if outcome else 0.0)
+        trips = report.round_trips + (1 if outcome is not None else 0)
+        return SearchResponse(uuid.uuid4().hex, query, u, tuple(hits[:size]), results, timings, trips, outcome)
+
+    def with_active_model(self, registry: Any, catalogue: str | None = None, **options: Any) -> str | None:
+        """Rerank with the model the registry marks active for ``catalogue`` (default: this
+        pipeline's index); returns its name, or None (and no reranking) when there is none."""
+        name, card = registry.active(catalogue or self.index)
+        self.reranker = Reranker(self.client, self.index, name, (card or {}).get("feature_set"), **options) if name else None
+        return name
 
     def fetch_sources(self, ids: Sequence[str], fields: Sequence[str] = ("title", "entity_type")) -> dict[str, dict]:
         """Display fields for hits (a separate, cheap mget: strategies return ids only)."""
@@ -239,3 +271,16 @@ class SearchPipeline:
             return {}
         resp = self.client.mget(index=self.index, body={"ids": list(ids)}, params={"_source_includes": ",".join(fields)})
         return {d["_id"]: d.get("_source", {}) for d in resp["docs"] if d.get("found")}
+
+
+def _apply_rerank(hits: list[Candidate], outcome: RerankOutcome) -> list[Candidate]:
+    """The window in the model's order (ties: fused order), then the rest of the union in fused
+    order; unchanged when the reranker did not apply."""
+    if not outcome.applied:
+        return hits
+    features = outcome.features or {}
+    scored = [(i, h) for i, h in enumerate(hits) if h.doc_id in outcome.scores]
+    scored.sort(key=lambda item: (-outcome.scores[item[1].doc_id], item[0]))
+    reranked = [Candidate(h.doc_id, outcome.scores[h.doc_id], h.provenance, h.fused_score,
+                          outcome.scores[h.doc_id], features.get(h.doc_id)) for _, h in scored]
+    return reranked + [h for h in hits if h.doc_id not in outcome.scores]

@@ -22,26 +22,41 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def evaluation_table(evaluation: Evaluation, title: str, reference: str | None,
+def evaluation_table(evaluation: Evaluation, title: str, references: Sequence[str | None] = (),
                      query_ids: Sequence[str] | None = None) -> Table:
-    """One row per system; failed systems show why instead of numbers (never zeros)."""
-    comparisons = evaluation.compare(reference) if reference and query_ids is None else {}
+    """One row per system; failed systems show why instead of numbers (never zeros). For each of
+    ``references`` (e.g. the best arm, the union) a column gives each system's nDCG@10 difference
+    to it with the paired t-test's p-value."""
+    refs = [r for r in references if r] if query_ids is None else []
+    comparisons = {ref: evaluation.compare(ref) for ref in refs}
     table = Table(title=title, title_justify="left")
-    for column in ("system", "nDCG@10", f"Δ vs {reference or 'best arm'} (p)", "R@100", "RR@10",
+    for column in ("system", "nDCG@10", *(f"Δ vs {ref} (p)" for ref in refs), "R@100", "RR@10",
                    "cand. R", "n/a", "failed"):
-        table.add_column(column, no_wrap=column != "system")
+        table.add_column(escape(column), no_wrap=column != "system")
     for s in evaluation.summaries(query_ids):
         name = str(s["system"])
         if s["failed"]:
             reason = escape(str(s["first_failure"])[:80])
             table.add_row(escape(name), f"[red]failed on {s['failed']} of {s['queries']} queries: {reason}[/]",
-                          "", "", "", "", str(s["not_applicable"]), f"[red]{s['failed']}[/]")
+                          *([""] * len(refs)), "", "", "", str(s["not_applicable"]), f"[red]{s['failed']}[/]")
             continue
-        delta = comparisons.get(name)
-        shown = "" if delta is None else f"{delta[0]:+.4f} ({delta[1]:.3f})"
-        table.add_row(escape(name), _fmt(s["nDCG@10"]), shown, _fmt(s["R@100"]), _fmt(s["RR@10"]),
+        deltas = [comparisons[ref].get(name) for ref in refs]
+        shown = ["" if d is None else f"{d[0]:+.4f} ({d[1]:.3f})" for d in deltas]
+        table.add_row(escape(name), _fmt(s["nDCG@10"]), *shown, _fmt(s["R@100"]), _fmt(s["RR@10"]),
                       _fmt(s["candidate_recall"]), str(s["not_applicable"]), str(s["failed"]))
     return table
+
+
+def rerank_ratios(evaluation: Evaluation, reranked: str, union: str, best_arm: str | None
+                  ) -> list[tuple[str, str, str, float]]:
+    """``(reranked, reference, "nDCG@10", ratio)`` against the union and the best single arm."""
+    summaries = {s["system"]: s for s in evaluation.summaries()}
+    out = []
+    for reference in (union, best_arm):
+        a, b = summaries.get(reranked), summaries.get(reference) if reference else None
+        if a and b and not a["failed"] and not b["failed"] and b["nDCG@10"]:
+            out.append((reranked, str(reference), "nDCG@10", a["nDCG@10"] / b["nDCG@10"]))
+    return out
 
 
 def anchor_ratios(evaluation: Evaluation, union: str, arm_anchors: dict[str, str] | None = None

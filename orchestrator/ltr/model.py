@@ -1,9 +1,10 @@
 """XGBoost models in the LTR plugin: conversion, upload, the active model per catalogue, model cards.
 
 Models are XGBoost ranking boosters (``rank:ndcg`` or ``rank:pairwise``: no output transform),
-uploaded as ``model/xgboost+json`` under the objective name the plugin accepts. The plugin scores a candidate as the sum of its trees' leaves: it never
-adds XGBoost's ``base_score``, and Lucene refuses negative scores, so :func:`to_plugin_definition`
-adds ``shift`` (>= 0, enough to keep every sum non-negative) to the first tree's leaves::
+uploaded as ``model/xgboost+json`` under the objective name the plugin accepts. The plugin scores
+a candidate as the sum of its trees' leaves: it never adds XGBoost's ``base_score``, and Lucene
+refuses negative scores, so :func:`to_plugin_definition` adds ``shift`` (>= 0, enough to keep
+every sum non-negative) to the first tree's leaves::
 
     plugin score = booster.predict(x, output_margin=True) - base_score + shift
 

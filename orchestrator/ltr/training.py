@@ -185,3 +185,83 @@ def cross_validate(data: TrainingSet, qrels: Mapping[str, Mapping[str, int]], k:
         reports.append(FoldReport(i + 1, len(data.query_ids) - len(test), len(test), ndcg10(fused, qrels),
                                   ndcg10(reranked, qrels)))
     return reports
+
+
+# ------------------------------------------------------------------------------------------------
+# The job behind `ltrr ltr train`
+
+
+@dataclass
+class TrainedModel:
+    """A model uploaded to the plugin, with the card that says what it is."""
+
+    name: str
+    card: dict[str, Any]
+    folds: list[FoldReport]
+
+
+def model_card(name: str, catalogue: str, data: TrainingSet, booster: Any, shift: float, *,
+               params: Mapping[str, Any], rounds: int, folds_report: Sequence[FoldReport], window: int,
+               node_version: str | None, seconds: float, definition_bytes: int) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from .model import OBJECTIVE, base_score
+
+    X, y, groups = data.matrix()
+    union = [f.union_ndcg10 for f in folds_report]
+    reranked = [f.reranked_ndcg10 for f in folds_report]
+    return {
+        "name": name, "catalogue": catalogue, "created_at": datetime.now(UTC).isoformat(),
+        "feature_set": data.feature_set.name, "features": list(data.feature_set.names),
+        "objective": {**DEFAULT_PARAMS, **params}["objective"], "uploaded_as": OBJECTIVE,
+        "params": {**DEFAULT_PARAMS, **params}, "rounds": rounds, "rerank_window": window,
+        "data": {"hash": data.data_hash(), "queries": len(groups), "candidates": int(X.shape[0]),
+                 "positives": int((y > 0).sum()), "labels": "qrels grades (unjudged = 0)"},
+        "cross_validation": {"folds": [f.__dict__ for f in folds_report],
+                             "union_ndcg10": float(np.mean(union)) if union else None,
+                             "reranked_ndcg10": float(np.mean(reranked)) if reranked else None},
+        "plugin_score": "booster margin - base_score + shift",
+        "base_score": base_score(booster), "shift": shift, "definition_bytes": definition_bytes,
+        "opensearch": node_version, "training_seconds": seconds,
+    }
+
+
+def write_card(card: Mapping[str, Any]) -> Any:
+    """The card as JSON in :func:`~orchestrator.config.model_cards_dir`; returns the path."""
+    import json
+
+    from ..config import model_cards_dir
+
+    directory = model_cards_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{card['name']}.json"
+    path.write_text(json.dumps(card, indent=2, default=float))
+    return path
+
+
+def train_and_upload(pipeline: Any, feature_set: FeatureSet, data: TrainingSet,
+                     qrels: Mapping[str, Mapping[str, int]], *, catalogue: str, folds_k: int = 5,
+                     params: Mapping[str, Any] | None = None, rounds: int = DEFAULT_ROUNDS,
+                     window: int = 200) -> TrainedModel:
+    """Cross-validate, train on everything, upload, and return the model with its card (not yet
+    active: :class:`~.model.ModelRegistry` switches it)."""
+    import json
+    import time
+    from datetime import UTC, datetime
+
+    from .model import to_plugin_definition, upload_model
+
+    t0 = time.monotonic()
+    report = cross_validate(data, qrels, folds_k, params=params, rounds=rounds) if folds_k >= 2 else []
+    booster = train(data, params=params, rounds=rounds)
+    definition, shift = to_plugin_definition(booster)
+    name = f"{catalogue}-{feature_set.digest}-{datetime.now(UTC):%Y%m%d%H%M%S}"
+    upload_model(pipeline.client, feature_set, name, definition)
+    try:
+        version = pipeline.client.info()["version"]["number"]
+    except Exception:
+        version = None
+    card = model_card(name, catalogue, data, booster, shift, params=params or {}, rounds=rounds,
+                      folds_report=report, window=window, node_version=version,
+                      seconds=time.monotonic() - t0, definition_bytes=len(json.dumps(definition)))
+    return TrainedModel(name, card, report)
