@@ -490,14 +490,17 @@ def _pipeline(index: str, with_encoder: bool = True, fusion: str = "rrf", strate
               help="Candidates per strategy (1..1000).")
 @click.option("--size", type=click.IntRange(1, 1000), default=10, show_default=True, help="Results shown (1..1000).")
 @click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True)
-@click.option("--explain", is_flag=True, help="Show understanding, per-strategy results and timings.")
+@click.option("--explain", is_flag=True, help="Show understanding, per-strategy results, timings and "
+              "the reranker's feature values.")
+@click.option("--rerank/--no-rerank", default=True, show_default=True,
+              help="Rerank with the catalogue's active LTR model, when it has one (ltrr ltr train).")
 @click.option("--json", "as_json", is_flag=True, help="Print the response as JSON.")
 @click.option("--filter", "filter_items", multiple=True, metavar="FILTER",
               help="Restrict results (repeatable): field=value, field=a,b (any of), field>=x / field>x / "
                    "field<=y / field<y (numeric fields), or a JSON object {\"field\": value | [values] | "
                    "{\"gte\": x}}. Fields: the catalogue's facet and numeric fields and entity_type.")
 def search(query: str, index: str, strategies: str | None, budget: int, size: int, fusion: str, explain: bool,
-           as_json: bool, filter_items: tuple[str, ...]) -> None:
+           rerank: bool, as_json: bool, filter_items: tuple[str, ...]) -> None:
     """Run QUERY through the chosen strategies in one round trip and print the fused list.
 
     Exits 1 when every strategy that ran failed (the errors are printed), 2 for a bad request."""
@@ -515,8 +518,13 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
     chosen = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     pipe = _pipeline(index, with_encoder=chosen is None or "knn" in chosen, fusion=fusion, strategies=chosen)
     names = chosen or list(pipe.plans)
+    if rerank:
+        from .ltr.model import ModelRegistry
+
+        pipe.with_active_model(ModelRegistry(pipe.client))
     try:
-        resp = pipe.search(query, budgets={s: budget for s in names}, size=size, filters=filters or None)
+        resp = pipe.search(query, budgets={s: budget for s in names}, size=size, filters=filters or None,
+                           explain=explain)
     except QueryError as e:
         _fail(str(e), 2)
         return
@@ -526,9 +534,12 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
     if as_json:
         click.echo(jsonlib.dumps({
             "search_id": resp.search_id, "query": query,
-            "hits": [{"id": h.doc_id, "score": h.score, "title": sources.get(h.doc_id, {}).get("title"),
-                      "provenance": [{"strategy": p.strategy, "rank": p.rank, "score": p.score} for p in h.provenance]}
+            "hits": [{"id": h.doc_id, "score": h.score, "fused_score": h.fused_score, "model_score": h.model_score,
+                      "title": sources.get(h.doc_id, {}).get("title"),
+                      "provenance": [{"strategy": p.strategy, "rank": p.rank, "score": p.score} for p in h.provenance],
+                      **({"features": h.features} if h.features else {})}
                      for h in resp.hits],
+            "model": resp.model, "rerank_error": resp.rerank.error if resp.rerank else None,
             "errors": resp.errors, "timings_ms": resp.timings.__dict__}, indent=2))
         if all_failed:
             for r in ran:
@@ -546,16 +557,28 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
             st.add_row(r.strategy, str(r.budget), str(len(r.hits)), f"{r.took_ms:.0f}" if r.took_ms is not None else "-",
                        f"[yellow]{escape(status)}[/]" if r.error else escape(status))
         console.print(st)
-    table = Table("#", "id", "title", "type", "score", "found by (strategy#rank)")
+    table = Table("#", "id", "title", "type", "score", "fused", "found by (strategy#rank)",
+                  title=f"reranked by {resp.model}" if resp.model else None, title_justify="left")
     for i, h in enumerate(resp.hits, start=1):
         src = sources.get(h.doc_id, {})
         table.add_row(str(i), escape(h.doc_id), escape(str(src.get("title", ""))[:60]), escape(str(src.get("entity_type", ""))),
-                      f"{h.score:.4f}", " ".join(f"{p.strategy}#{p.rank}" for p in h.provenance))
+                      f"{h.score:.4f}", f"{h.fused_score:.4f}", " ".join(f"{p.strategy}#{p.rank}" for p in h.provenance))
     console.print(table)
+    if explain and any(h.features for h in resp.hits):
+        shown = resp.hits[:10]
+        names = sorted({n for h in shown if h.features for n in h.features})
+        ft = Table("feature", *(f"#{i}" for i in range(1, len(shown) + 1)),
+                   title="feature values the model saw (results as columns)", title_justify="left")
+        for n in names:
+            ft.add_row(n, *(f"{(h.features or {}).get(n, 0.0):.3g}" for h in shown))
+        console.print(ft)
+    if resp.rerank is not None and resp.rerank.error:
+        err.print(f"[yellow]rerank:[/] {escape(resp.rerank.error)}; the fused order is shown")
     t = resp.timings
-    console.print(f"[dim]{len(resp.candidates)} candidates, {resp.round_trips} round trip; total {t.total_ms:.1f} ms "
-                  f"(OpenSearch {t.opensearch_took_ms:.0f} ms, encoder {t.embed_ms:.1f} ms, "
-                  f"orchestrator {t.orchestrator_ms:.1f} ms)[/]")
+    trips = "round trip" if resp.round_trips == 1 else "round trips"
+    console.print(f"[dim]{len(resp.candidates)} candidates, {resp.round_trips} {trips}; total {t.total_ms:.1f} ms "
+                  f"(OpenSearch {t.opensearch_took_ms:.0f} ms + rerank {t.rerank_took_ms:.0f} ms, encoder "
+                  f"{t.embed_ms:.1f} ms, orchestrator {t.orchestrator_ms:.1f} ms)[/]")
     for name, error in resp.errors.items():
         err.print(f"[yellow]{name}:[/] {escape(error)}")
     if all_failed:
@@ -708,6 +731,131 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
     failed = [s["system"] for s in evaluation.summaries() if s["failed"]]
     if failed:
         _fail(f"{', '.join(failed)} failed on some queries: their numbers are not reported")
+
+
+# ------------------------------------------------------------------------------------------------
+# ltrr ltr ...
+# ------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def ltr() -> None:
+    """The reranker: features in the LTR plugin, training, the active model per catalogue."""
+
+
+@ltr.command("init")
+@click.option("--index", default="synthetic_music", show_default=True, help="Catalogue alias.")
+def ltr_init(index: str) -> None:
+    """Store the feature set of ltr_models/features.yaml (expanded for the query plans) in the LTR
+    plugin; idempotent, and a changed file or plan set gets a new versioned name."""
+    pipe = _pipeline(index, with_encoder=False)
+    feature_set = _feature_set(pipe)
+    console.print(f"feature set {feature_set.name}: {len(feature_set.names)} features "
+                  f"({', '.join(feature_set.names)})")
+
+
+@ltr.command("train")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--index", "alias", default=None, help="Catalogue alias (default: the dataset's name).")
+@click.option("--split", default=None, help="qrels split to train on (default: test, else the first one).")
+@click.option("--budget", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Candidates per strategy.")
+@click.option("--window", type=click.IntRange(1, 10_000), default=200, show_default=True,
+              help="How many of the fused union the model learns to order (and reranks when serving).")
+@click.option("--folds", type=click.IntRange(0, 100), default=5, show_default=True,
+              help="Cross-validation folds of queries for the per-fold table (0: none).")
+@click.option("--rounds", type=click.IntRange(1, 5000), default=100, show_default=True, help="Boosting rounds.")
+@click.option("--no-activate", is_flag=True, help="Upload the model without making it the active one.")
+def ltr_train(dataset_dir: str, alias: str | None, split: str | None, budget: int, window: int, folds: int,
+              rounds: int, no_activate: bool) -> None:
+    """Train the reranker on DATASET_DIR's judged queries: log the features of each query's fused
+    union, cross-validate by query, train on all, upload and make it the catalogue's active model."""
+    import time as timelib
+
+    from rich.progress import Progress
+
+    from .catalog import default_alias
+    from .datasets import Dataset, DatasetSpecError, RowError
+    from .evaluate import judged_queries
+    from .ltr.model import ModelRegistry
+    from .ltr.training import QrelsLabels, collect, train_and_upload, write_card
+
+    try:
+        dataset = Dataset.open(dataset_dir)
+    except (DatasetSpecError, FileNotFoundError) as e:
+        _fail(str(e), 2)
+    alias = alias or default_alias(dataset.spec.name)
+    splits = dataset.splits()
+    split = split or ("test" if "test" in splits else (splits[0] if splits else None))
+    if split is None or split not in splits:
+        _fail(f"no qrels split {split!r} in {dataset_dir} (have: {', '.join(splits) or 'none'})", 2)
+    qrels = dataset.qrels(split)
+    queries, _skipped = judged_queries([r for r in dataset.iter_queries() if not isinstance(r, RowError)], qrels)
+    if len(queries) < max(folds, 2):
+        _fail(f"{len(queries)} judged queries: too few to train (and to make {folds} folds)", 2)
+    pipe = _pipeline(alias)
+    feature_set = _feature_set(pipe)
+    t0 = timelib.monotonic()
+    vectors = pipe.encode_queries([q.text for q in queries])
+    with Progress(console=err) as bar:
+        task = bar.add_task(f"logging features of {len(queries)} queries", total=len(queries))
+        data = collect(pipe, feature_set, queries, QrelsLabels(qrels), budgets=dict.fromkeys(pipe.plans, budget),
+                       window=window, vectors=vectors, on_query=lambda: bar.advance(task))
+    err.print(f"logged {data.matrix()[0].shape[0]} candidates of {len(data.queries)} queries "
+              f"({timelib.monotonic() - t0:.1f}s); training")
+    trained = train_and_upload(pipe, feature_set, data, qrels, catalogue=alias, folds_k=folds, rounds=rounds,
+                               window=window)
+    if trained.folds:
+        table = Table("fold", "train queries", "test queries", "union nDCG@10", "reranked nDCG@10", "ratio",
+                      title=f"{folds}-fold cross-validation by query (held-out nDCG@10 of the same candidates)")
+        for f in trained.folds:
+            table.add_row(str(f.fold), str(f.train_queries), str(f.test_queries), f"{f.union_ndcg10:.4f}",
+                          f"{f.reranked_ndcg10:.4f}", f"{f.reranked_ndcg10 / f.union_ndcg10:.3f}x" if f.union_ndcg10 else "")
+        cv = trained.card["cross_validation"]
+        table.add_row("mean", "", "", f"{cv['union_ndcg10']:.4f}", f"{cv['reranked_ndcg10']:.4f}",
+                      f"{cv['reranked_ndcg10'] / cv['union_ndcg10']:.3f}x" if cv["union_ndcg10"] else "")
+        console.print(table)
+    card_path = write_card(trained.card)
+    registry = ModelRegistry(pipe.client)
+    if not no_activate:
+        registry.activate(alias, trained.name, trained.card)
+    console.print(f"model {trained.name} ({trained.card['definition_bytes'] / 1024:.0f} KiB, "
+                  f"{trained.card['training_seconds']:.1f}s) uploaded"
+                  + ("" if no_activate else f" and active for {alias}") + f"; card: {card_path}")
+
+
+@ltr.command("list")
+@click.option("--index", default="synthetic_music", show_default=True, help="Catalogue alias.")
+def ltr_list(index: str) -> None:
+    """The catalogue's models: the active one first, then the ones a rollback returns to."""
+    from .ltr.model import ModelRegistry
+
+    state = ModelRegistry(_client()).state(index)
+    if not state.get("active"):
+        console.print(f"no model for {index}: ltrr ltr train DATASET --index {index}")
+        return
+    table = Table("model", "state", "feature set", "trained on", "cv nDCG@10 union -> reranked")
+    for i, name in enumerate([state["active"], *state.get("previous", [])]):
+        card = state.get("cards", {}).get(name, {})
+        cv = card.get("cross_validation", {})
+        shown = (f"{cv['union_ndcg10']:.4f} -> {cv['reranked_ndcg10']:.4f}"
+                 if cv.get("union_ndcg10") is not None else "")
+        table.add_row(name, "active" if i == 0 else "previous", str(card.get("feature_set", "")),
+                      f"{card.get('data', {}).get('queries', '?')} queries", shown)
+    console.print(table)
+
+
+@ltr.command("rollback")
+@click.option("--index", default="synthetic_music", show_default=True, help="Catalogue alias.")
+def ltr_rollback(index: str) -> None:
+    """Make the previously active model active again."""
+    from .ltr.model import ModelError, ModelRegistry
+
+    try:
+        state = ModelRegistry(_client()).rollback(index)
+    except ModelError as e:
+        _fail(str(e))
+    console.print(f"{index}: active model {state['active']}")
 
 
 @main.group()

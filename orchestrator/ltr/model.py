@@ -52,7 +52,9 @@ def _shift_leaves(node: dict, shift: float) -> None:
 def base_score(booster: Any) -> float:
     """The booster's ``base_score`` (added by ``predict``, never by the plugin)."""
     config = json.loads(booster.save_config())
-    return float(config["learner"]["learner_model_param"]["base_score"])
+    raw = str(config["learner"]["learner_model_param"]["base_score"])
+    # XGBoost 3 writes a vector ("[-3.3E-8]", one value per target); 2.x a scalar.
+    return float(raw.strip("[]").split(",")[0])
 
 
 def to_plugin_definition(booster: Any) -> tuple[dict[str, Any], float]:
