@@ -87,6 +87,21 @@ def installed_plugins(os_client) -> set[str]:
     return {row["component"] for row in os_client.cat.plugins(format="json")}
 
 
+@pytest.fixture(scope="session")
+def ltr_client(os_client, installed_plugins):
+    """The client of a node with the LTR plugin and its default store. Without the plugin the
+    test skips, except where the plugin can be had (CI sets LTRR_REQUIRE_LTR): there it fails."""
+    if "opensearch-ltr" not in installed_plugins:
+        why = ("the opensearch-ltr plugin is not installed on this node (Maven Central does not serve its "
+               "zip; set LTRR_LTR_PLUGIN_ZIP and `ltrr node reinstall`, or use a cluster that has it via "
+               "OPENSEARCH_URL)")
+        if os.environ.get("LTRR_REQUIRE_LTR"):
+            pytest.fail(why)
+        pytest.skip(why)
+    os_client.transport.perform_request("PUT", "/_ltr", params={"ignore": 400})
+    return os_client
+
+
 @pytest.fixture
 def index_name(os_client):
     """A unique index name, deleted after the test."""

@@ -4,7 +4,6 @@ stored mustache templates and _msearch/template, painless, and the LTR plugin.""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -140,23 +139,10 @@ FEATURES = [
 ]
 
 
-@pytest.fixture
-def ltr_ready(os_client, installed_plugins):
-    if "opensearch-ltr" not in installed_plugins:
-        why = ("the opensearch-ltr plugin is not installed on this node (Maven Central does not serve its "
-               "zip; set LTRR_LTR_PLUGIN_ZIP and `ltrr node reinstall`, or use a cluster that has it via "
-               "OPENSEARCH_URL)")
-        if os.environ.get("LTRR_REQUIRE_LTR"):  # CI, where the plugin can be had: missing is a failure
-            pytest.fail(why)
-        pytest.skip(why)
-    os_client.transport.perform_request("PUT", "/_ltr", params={"ignore": 400})
-    return os_client
-
-
-def test_ltr_xgboost_model_sltr_rescore_and_logging(ltr_ready, index_name):
+def test_ltr_xgboost_model_sltr_rescore_and_logging(ltr_client, index_name):
     import xgboost as xgb
 
-    client = ltr_ready
+    client = ltr_client
     rng = np.random.default_rng(3)
     words = ["love", "home", "night", "rain", "fire", "gold"]
     client.indices.create(index=index_name, body={
