@@ -8,7 +8,9 @@ the request and its parsing; ``rerank_took_ms``: OpenSearch's took), and the add
 (with minus without). The baseline, measured in the same run on the same windows with the same
 client: the rerank request body *without* the rescore (only the ids filter over the window), i.e.
 a plain request of the same size; and that body *with* the rescore sent bare (no params building).
-Their difference is what scoring the window with the model costs.
+Their difference is what scoring the window with the model costs. When the catalogue maps a
+``doc_id`` keyword, both are also sent reading the ids from doc values (``stored_fields: _none_``):
+on an index with k-NN vectors (derived source) loading ``_id`` of 200 hits is itself costly.
 Goal (added latency, 200-candidate union): p50 <= 5 ms, p95 <= 10 ms.
 
     python scripts/bench_rerank.py [--index synthetic_music] [--queries 300] [--window 200] [--budget 100]
@@ -32,6 +34,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import orchestrator.pipeline as pipeline_module  # noqa: E402
 from orchestrator.client import make_client  # noqa: E402
 from orchestrator.ltr.model import ModelRegistry  # noqa: E402
 from orchestrator.ltr.rerank import Reranker, RerankOutcome, rerank_body  # noqa: E402
@@ -55,6 +58,20 @@ class RecordingReranker(Reranker):
     def rerank(self, params: Mapping[str, Any], window: Sequence[str], *, explain: bool = False) -> RerankOutcome:
         self.last = (params, list(window))
         return super().rerank(params, window, explain=explain)
+
+
+PARAMS_MS: list[float] = []
+
+
+def _timed_request_params(build):
+    """``request_params`` as the pipeline calls it, timed (the sltr params are part of the step)."""
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        out = build(*args, **kwargs)
+        PARAMS_MS.append((time.perf_counter() - t) * 1000)
+        return out
+
+    return timed
 
 
 def load_texts(source: str | None, n: int, n_docs: int, seed: int) -> tuple[list[str], str]:
@@ -112,7 +129,10 @@ def main() -> None:
     r = ranked.reranker
     recorder = RecordingReranker(r.client, r.index, r.model, r.feature_set, r.timeout_ms)
     ranked.reranker = recorder
+    pipeline_module.request_params = _timed_request_params(pipeline_module.request_params)
     request_params = {"request_timeout": r.timeout_ms / 1000, "timeout": f"{r.timeout_ms}ms"}
+    mapping = next(iter(client.indices.get_mapping(index=args.index).values()))["mappings"]
+    has_doc_id = mapping.get("properties", {}).get("doc_id", {}).get("type") == "keyword"
 
     texts, source = load_texts(args.dataset, args.queries, n_docs, args.seed)
     t0 = time.perf_counter()
@@ -129,12 +149,17 @@ def main() -> None:
         resp = client.search(index=args.index, body=body, params=request_params)
         return (time.perf_counter() - t) * 1000, float(resp["took"]), len(resp["hits"]["hits"])
 
-    def bodies() -> tuple[dict[str, Any], dict[str, Any]]:
+    def bodies() -> dict[str, dict[str, Any]]:
+        """The last rerank request ("replay") and the baseline without its rescore ("ids"); with
+        ``doc_id``, both also reading the ids from doc values ("replay_dv", "ids_dv")."""
         assert recorder.last is not None
         params, window = recorder.last
         with_rescore = rerank_body(r.model, params, window, feature_set=r.feature_set)
-        ids_only = {k: v for k, v in with_rescore.items() if k != "rescore"}
-        return with_rescore, ids_only
+        out = {"replay": with_rescore, "ids": {k: v for k, v in with_rescore.items() if k != "rescore"}}
+        if has_doc_id:
+            for name in ("replay", "ids"):
+                out[f"{name}_dv"] = {**out[name], "stored_fields": "_none_", "docvalue_fields": ["doc_id"]}
+        return out
 
     for text, vec in zip(texts[: args.warmup], vectors[: args.warmup]):  # JIT, caches, connections
         try:
@@ -142,12 +167,13 @@ def main() -> None:
             run(ranked, text, vec)
         except QueryError:
             continue
-        for body in bodies():
+        for body in bodies().values():
             send(body)
 
     m: dict[str, list[float]] = {k: [] for k in (
         "total_plain", "total_ranked", "diff", "rr_wall", "rr_took", "rr_over", "ids_wall", "ids_took", "ids_over",
-        "replay_wall", "replay_took", "scoring", "union", "window", "bytes_rerank", "bytes_ids")}
+        "replay_wall", "replay_took", "scoring", "union", "window", "bytes_rerank", "bytes_ids",
+        "ids_dv_wall", "ids_dv_took", "replay_dv_wall", "replay_dv_took", "scoring_dv", "params", "dumps")}
     skipped, failed, arms = 0, [], set()
     for i, (text, vec) in enumerate(zip(texts, vectors)):
         try:
@@ -163,15 +189,19 @@ def main() -> None:
         if a.rerank is None or not a.rerank.applied:
             failed.append(a.rerank.error if a.rerank else "no candidates")
             continue
-        with_rescore, ids_only = bodies()
-        sends = [("replay", with_rescore), ("ids", ids_only)]
-        for name, body in sends if i % 2 else sends[::-1]:
+        sends = list(bodies().items())
+        k = i % len(sends)  # rotate the order, so no request always follows the same one
+        for name, body in sends[k:] + sends[:k]:
             wall, took, _ = send(body)
             m[f"{name}_wall"].append(wall)
             m[f"{name}_took"].append(took)
             if name == "ids":
                 m["ids_over"].append(wall - took)
         t = a.timings
+        m["params"].append(PARAMS_MS[-1])
+        td = time.perf_counter()
+        json.dumps(dict(sends)["replay"])
+        m["dumps"].append((time.perf_counter() - td) * 1000)
         m["total_plain"].append(b.timings.total_ms)
         m["total_ranked"].append(t.total_ms)
         m["diff"].append(t.total_ms - b.timings.total_ms)
@@ -179,10 +209,12 @@ def main() -> None:
         m["rr_took"].append(t.rerank_took_ms)
         m["rr_over"].append(t.rerank_wall_ms - t.rerank_took_ms)
         m["scoring"].append(m["replay_took"][-1] - m["ids_took"][-1])
+        if has_doc_id:
+            m["scoring_dv"].append(m["replay_dv_took"][-1] - m["ids_dv_took"][-1])
         m["union"].append(len(a.candidates))
         m["window"].append(len(a.rerank.scores))
-        m["bytes_rerank"].append(len(json.dumps(with_rescore)))
-        m["bytes_ids"].append(len(json.dumps(ids_only)))
+        m["bytes_rerank"].append(len(json.dumps(dict(sends)["replay"])))
+        m["bytes_ids"].append(len(json.dumps(dict(sends)["ids"])))
         arms.add(sum(1 for s in a.strategy_results if s.ok))
 
     n = len(m["total_plain"])
@@ -219,6 +251,8 @@ def main() -> None:
     row("rerank step wall (rerank_wall_ms)", m["rr_wall"], verdict(m["rr_wall"]))
     row("  OpenSearch took of it (rerank_took_ms)", m["rr_took"])
     row("  wall - took (params, JSON, HTTP)", m["rr_over"])
+    row("    of which building the sltr params (request_params)", m["params"])
+    row("    of which JSON-encoding the request body (json.dumps, measured apart)", m["dumps"])
     table.add_section()
     row("baseline: ids filter only, same window, same client: wall", m["ids_wall"])
     row("baseline: ids filter only: took", m["ids_took"])
@@ -226,6 +260,13 @@ def main() -> None:
     row("rerank body replayed bare (ids + sltr rescore): wall", m["replay_wall"])
     row("rerank body replayed bare: took", m["replay_took"])
     row("model scoring = replay took - ids-only took (per query)", m["scoring"])
+    if has_doc_id:
+        table.add_section()
+        row("ids filter only, ids from doc values (stored_fields _none_): wall", m["ids_dv_wall"])
+        row("  took", m["ids_dv_took"])
+        row("rerank body, ids from doc values, replayed bare: wall", m["replay_dv_wall"])
+        row("  took", m["replay_dv_took"])
+        row("model scoring with doc values = replay took - ids-only took", m["scoring_dv"])
     console.print(table)
 
     def spread(values) -> str:
