@@ -229,7 +229,7 @@ def test_hostile_queries_keep_template_structure(os_client, catalogue, query):
     # The structure is the template's, whatever the text: the whole text is one string value.
     assert set(rendered) == {"size", "_source", "track_total_hits", "timeout", "query"}
     assert list(rendered["query"]["bool"]) == ["must", "should", "filter"]
-    assert rendered["query"]["bool"]["must"][0]["combined_fields"]["query"] == params["query"]
+    assert rendered["query"]["bool"]["must"][0]["match"]["content"] == params["query"]
     assert rendered["query"]["bool"]["should"][0]["match"]["title.plain"]["query"] == params["query"]
     assert rendered["query"]["bool"]["filter"] == []
     resp = pipe.search(query, strategies=["bm25_popularity", "fuzzy", "q2e_memory", "structured"])

@@ -64,7 +64,9 @@ def to_plugin_definition(booster: Any) -> tuple[dict[str, Any], float]:
     if not trees:
         raise ModelError("the booster has no trees")
     lowest = sum(_min_leaf(tree) for tree in trees)
-    shift = max(0.0, -lowest)
+    # The plugin sums leaves in float32: a little headroom keeps a path that sums to exactly 0
+    # from coming out as -1e-8.
+    shift = -lowest + 1e-3 if lowest < 0 else 0.0
     if shift:
         trees = copy.deepcopy(trees)
         _shift_leaves(trees[0], shift)
