@@ -601,6 +601,33 @@ def _feature_set(pipe):
     return feature_set
 
 
+def _judged_dataset(dataset_dir: str, alias: str | None, split: str | None):
+    """``(dataset, alias, split, qrels, judged queries, skipped)`` for a command that measures or
+    trains on a dataset's judgments: the alias defaults to the dataset's name, the split to test
+    (else the first); rejected query rows are printed; usage errors exit 2."""
+    from .catalog import default_alias
+    from .datasets import Dataset, DatasetSpecError, RowError
+    from .evaluate import judged_queries
+
+    try:
+        dataset = Dataset.open(dataset_dir)
+    except (DatasetSpecError, FileNotFoundError) as e:
+        _fail(str(e), 2)
+    alias = alias or default_alias(dataset.spec.name)
+    splits = dataset.splits()
+    split = split or ("test" if "test" in splits else (splits[0] if splits else None))
+    if split is None:
+        _fail(f"{dataset_dir} has no qrels/", 2)
+    if split not in splits:
+        _fail(f"no qrels split {split!r} in {dataset_dir} (have: {', '.join(splits)})", 2)
+    qrels = dataset.qrels(split)
+    rows = list(dataset.iter_queries())
+    for bad in (r for r in rows if isinstance(r, RowError)):
+        err.print(f"[yellow]query row skipped:[/] {escape(str(bad))}", highlight=False)
+    queries, skipped = judged_queries([r for r in rows if not isinstance(r, RowError)], qrels)
+    return dataset, alias, split, qrels, queries, skipped
+
+
 def _parse_budgets(spec: str | None, names: list[str], default: int) -> dict[str, int]:
     """``arm=N,arm=N`` over the plan names (others keep ``default``); a usage error otherwise."""
     budgets = dict.fromkeys(names, default)
@@ -650,28 +677,10 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
 
     from rich.progress import Progress
 
-    from .catalog import default_alias
-    from .datasets import Dataset, DatasetSpecError, RowError
-    from .evaluate import evaluate_pipeline, judged_queries
+    from .evaluate import evaluate_pipeline
     from .reporting import anchor_ratios, best_system, evaluation_table
 
-    try:
-        dataset = Dataset.open(dataset_dir)
-    except (DatasetSpecError, FileNotFoundError) as e:
-        _fail(str(e), 2)
-        return
-    alias = alias or default_alias(dataset.spec.name)
-    splits = dataset.splits()
-    split = split or ("test" if "test" in splits else (splits[0] if splits else None))
-    if split is None:
-        _fail(f"{dataset_dir} has no qrels/", 2)
-    if split not in splits:
-        _fail(f"no qrels split {split!r} in {dataset_dir} (have: {', '.join(splits)})", 2)
-    qrels = dataset.qrels(split)
-    rows = list(dataset.iter_queries())
-    for bad in (r for r in rows if isinstance(r, RowError)):
-        err.print(f"[yellow]query row skipped:[/] {escape(str(bad))}", highlight=False)
-    queries, skipped = judged_queries([r for r in rows if not isinstance(r, RowError)], qrels)
+    dataset, alias, split, qrels, queries, skipped = _judged_dataset(dataset_dir, alias, split)
     if limit_queries:
         for q in queries[limit_queries:]:
             skipped[q.id] = "--limit-queries"
@@ -774,23 +783,10 @@ def ltr_train(dataset_dir: str, alias: str | None, split: str | None, budget: in
 
     from rich.progress import Progress
 
-    from .catalog import default_alias
-    from .datasets import Dataset, DatasetSpecError, RowError
-    from .evaluate import judged_queries
     from .ltr.model import ModelRegistry
     from .ltr.training import QrelsLabels, collect, train_and_upload, write_card
 
-    try:
-        dataset = Dataset.open(dataset_dir)
-    except (DatasetSpecError, FileNotFoundError) as e:
-        _fail(str(e), 2)
-    alias = alias or default_alias(dataset.spec.name)
-    splits = dataset.splits()
-    split = split or ("test" if "test" in splits else (splits[0] if splits else None))
-    if split is None or split not in splits:
-        _fail(f"no qrels split {split!r} in {dataset_dir} (have: {', '.join(splits) or 'none'})", 2)
-    qrels = dataset.qrels(split)
-    queries, _skipped = judged_queries([r for r in dataset.iter_queries() if not isinstance(r, RowError)], qrels)
+    _dataset, alias, _split, qrels, queries, _skipped = _judged_dataset(dataset_dir, alias, split)
     if len(queries) < max(folds, 2):
         _fail(f"{len(queries)} judged queries: too few to train (and to make {folds} folds)", 2)
     pipe = _pipeline(alias)
