@@ -59,3 +59,16 @@ def test_node_settings(tmp_path):
         config.plugin_source(var, {var: str(tmp_path / "missing.zip")})
     with pytest.raises(ConfigError, match="only https"):
         config.plugin_source(var, {var: "http://example.org/ltr.zip"})
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject lists packages by hand (the data directories are mapped in): a new subpackage
+    missing from the list would install a wheel that cannot import it."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "orchestrator").rglob("__init__.py")
+             if "__pycache__" not in p.parts}
+    assert found <= listed, f"add to pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"
