@@ -66,12 +66,13 @@ class PipelineSearches:
     arm of ``budgets`` (one _msearch/template), and serves each arm and the fused union from that
     one response as separate systems (:meth:`arm`, :meth:`union`)."""
 
-    def __init__(self, pipeline: Any, budgets: Mapping[str, int], *, depth: int = 100):
+    def __init__(self, pipeline: Any, budgets: Mapping[str, int], *, depth: int = 100,
+                 vectors: Mapping[str, Any] | None = None):
         self.pipeline = pipeline
         self.budgets = dict(budgets)
         self.depth = depth
         self._understander = None
-        self._vectors: dict[str, Any] = {}
+        self._vectors: dict[str, Any] = dict(vectors or {})  # query id -> vector, when already encoded
         self._responses: dict[str, Any] = {}
         self._prepared: set[str] = set()
 
@@ -80,10 +81,11 @@ class PipelineSearches:
         if not todo:
             return
         self._understander = self._understander or self.pipeline.understander()
-        vectors = self.pipeline.encode_queries([q.text for q in todo])
-        for i, q in enumerate(todo):
+        missing = [q for q in todo if q.id not in self._vectors]
+        vectors = self.pipeline.encode_queries([q.text for q in missing])
+        for i, q in enumerate(missing):
             self._vectors[q.id] = vectors[i] if vectors is not None else None
-            self._prepared.add(q.id)
+        self._prepared.update(q.id for q in todo)
 
     def vector(self, query_id: str) -> Any:
         return self._vectors.get(query_id)
@@ -142,13 +144,12 @@ class CrossValidatedRerank:
         self.model_of: dict[str, str] = {}
         self.params: dict[str, dict[str, Any]] = {}
         self.models: list[str] = []
-        self.folds: list[Any] = []
 
     def prepare(self, queries: Sequence[QueryRow]) -> None:
         from .ltr.feature_log import log_features
         from .ltr.features import request_params
         from .ltr.model import to_plugin_definition, upload_model
-        from .ltr.training import QrelsLabels, TrainingSet, cross_validate, folds, train
+        from .ltr.training import QrelsLabels, TrainingSet, folds, train
 
         self.searches.prepare(queries)
         requests = []
@@ -161,9 +162,7 @@ class CrossValidatedRerank:
             requests.append((q.id, params, [h.doc_id for h in resp.hits]))
         pipeline = self.searches.pipeline
         logged = log_features(pipeline.client, pipeline.index, self.feature_set, requests)
-        labels = QrelsLabels(self.qrels)
-        data = TrainingSet(self.feature_set, logged,
-                           [np.array([labels.label(q.query_id, d) for d in q.doc_ids]) for q in logged], self.params)
+        data = TrainingSet.labelled(self.feature_set, logged, QrelsLabels(self.qrels), self.params)
         tag = uuid.uuid4().hex[:8]
         for i, test in enumerate(folds(data.query_ids, self.k, self.seed)):
             held_out = set(test)
@@ -174,7 +173,6 @@ class CrossValidatedRerank:
             self.models.append(name)
             self.model_of.update(dict.fromkeys(test, name))
             self.on_fold(i + 1, self.k)
-        self.folds = cross_validate(data, self.qrels, self.k, seed=self.seed)  # the booster-side view, for cards
 
     def rank(self, query: QueryRow) -> Ranking:
         from .ltr.rerank import Reranker
@@ -385,11 +383,12 @@ def evaluate(systems: Mapping[str, System], queries: Sequence[QueryRow],
 
 def pipeline_systems(pipeline: Any, budgets: Mapping[str, int], *, depth: int = 100,
                      rerank_folds: int | None = None, feature_set: Any = None,
-                     qrels: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, System]:
+                     qrels: Mapping[str, Mapping[str, int]] | None = None,
+                     vectors: Mapping[str, Any] | None = None) -> dict[str, System]:
     """Each arm of ``budgets`` alone and their fused union (labelled by its fusion), all served
     from one search per query; with ``rerank_folds`` also the union reranked out of sample
     (:class:`CrossValidatedRerank`, needs ``feature_set`` and ``qrels``)."""
-    searches = PipelineSearches(pipeline, budgets, depth=depth)
+    searches = PipelineSearches(pipeline, budgets, depth=depth, vectors=vectors)
     systems: dict[str, System] = {name: searches.arm(name) for name in budgets}
     systems[pipeline.fuser.label] = searches.union()
     if rerank_folds:
@@ -408,12 +407,14 @@ def evaluate_pipeline(pipeline: Any, dataset: Any, queries: Sequence[QueryRow],
     """The standard table: every arm, the union, (``rerank_folds``) the union reranked out of
     sample, and (``baselines``) the textbook anchors of :mod:`orchestrator.baselines` computed on
     the same documents and queries."""
+    # The query vectors, once: the knn arm and the dense anchor must see the same ones.
+    vectors = pipeline.encode_queries([q.text for q in queries])
+    by_query = {q.id: vectors[i] for i, q in enumerate(queries)} if vectors is not None else None
     systems = pipeline_systems(pipeline, budgets, depth=depth, rerank_folds=rerank_folds,
-                               feature_set=feature_set, qrels=qrels)
+                               feature_set=feature_set, qrels=qrels, vectors=by_query)
     if baselines:
         from .baselines import reference_systems
 
-        vectors = pipeline.encode_queries([q.text for q in queries])
         systems.update(reference_systems(dataset, queries, vectors, depth=depth, encoder=pipeline.encoder,
                                          embedding_cache=embedding_cache))
     try:

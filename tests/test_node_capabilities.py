@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from orchestrator.ltr.features import matches_every_doc  # a miss is 0, not NaN (3.x)
+
 
 def _bulk(client, index, docs):
     body = []
@@ -120,18 +122,11 @@ def test_painless_script(os_client, index_name):
 # LTR plugin
 # ---------------------------------------------------------------------------------------------
 
-def _matches_every_doc(query: dict) -> dict:
-    """Upstream 3.x scores a feature that does not match a document as NaN and sends it down the
-    tree's "no" branch whatever the model learned; wrapped like this every document matches and a
-    miss is a real 0, as in the logged training data (missing_as_zero)."""
-    return {"bool": {"must": {"match_all": {"boost": 0}}, "should": query}}
-
-
 FEATURES = [
     {"name": "title_bm25", "params": ["keywords"], "template_language": "mustache",
-     "template": _matches_every_doc({"match": {"title": "{{keywords}}"}})},
+     "template": matches_every_doc({"match": {"title": "{{keywords}}"}})},
     {"name": "body_bm25", "params": ["keywords"], "template_language": "mustache",
-     "template": _matches_every_doc({"match": {"body": "{{keywords}}"}})},
+     "template": matches_every_doc({"match": {"body": "{{keywords}}"}})},
     {"name": "popularity", "params": [], "template_language": "mustache",
      "template": {"function_score": {"query": {"match_all": {}},
                                      "field_value_factor": {"field": "pop", "missing": 0},

@@ -57,6 +57,14 @@ class TrainingSet:
     labels: list[np.ndarray]
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # query id -> sltr params
 
+    @classmethod
+    def labelled(cls, feature_set: FeatureSet, logged: list[LoggedQuery], labels: LabelSource,
+                 params: dict[str, dict[str, Any]] | None = None) -> TrainingSet:
+        """Logged candidates with their labels from ``labels``."""
+        return cls(feature_set, logged,
+                   [np.array([labels.label(q.query_id, d) for d in q.doc_ids], dtype=np.float64) for q in logged],
+                   dict(params or {}))
+
     def subset(self, query_ids: Sequence[str]) -> TrainingSet:
         keep = set(query_ids)
         pairs = [(q, y) for q, y in zip(self.queries, self.labels) if q.query_id in keep]
@@ -106,10 +114,7 @@ def collect(pipeline: Any, feature_set: FeatureSet, queries: Sequence[QueryRow],
                              [h.doc_id for h in resp.hits]))
         on_query()
     logged = log_features(pipeline.client, pipeline.index, feature_set, requests)
-    params = {qid: p for qid, p, _ in requests}
-    return TrainingSet(feature_set, logged,
-                       [np.array([labels.label(q.query_id, d) for d in q.doc_ids], dtype=np.float64) for q in logged],
-                       params)
+    return TrainingSet.labelled(feature_set, logged, labels, {qid: p for qid, p, _ in requests})
 
 
 def train(data: TrainingSet, *, params: Mapping[str, Any] | None = None, rounds: int = DEFAULT_ROUNDS) -> Any:
