@@ -233,10 +233,6 @@ class SystemResult:
         return {qid: r.detail or "failed" for qid, r in self.rankings.items()
                 if r.status in (ArmStatus.FAILED, ArmStatus.TIMED_OUT)}
 
-    @property
-    def not_applicable(self) -> int:
-        return sum(r.status is ArmStatus.NOT_APPLICABLE for r in self.rankings.values())
-
     def values(self, measure: str, query_ids: Sequence[str]) -> np.ndarray:
         return np.array([self.per_query[q][measure] for q in query_ids], dtype=np.float64)
 
