@@ -11,11 +11,15 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from opensearchpy import OpenSearch
 
+from .bandit.base import Decision, Policy
+from .bandit.context import Context, RequestContext
 from .datatypes import ArmStatus, Candidate, StrategyResult
+from .feedback.records import SearchRecord
 from .filters import FilterError, FilterFields, build_filter_clauses
 from .fusion import Fusion, make_fusion
 from .ltr.features import request_params
@@ -64,6 +68,8 @@ class SearchResponse:
     timings: Timings
     round_trips: int
     rerank: RerankOutcome | None = None  # None: no model configured
+    decision: Decision | None = None  # the policy's choice; None when the caller fixed the arms
+    context: Context | None = None  # what the policy saw (None without a policy)
 
     @property
     def model(self) -> str | None:
@@ -117,6 +123,9 @@ class SearchPipeline:
     dictionary_cache: DictionaryCache | None = None
     reranker: Reranker | None = None  # the LTR stage; None: the fused order is the answer
     rerank_window: int = 200  # how many of the fused union the model scores (the rest follow)
+    policy: Policy | None = None  # chooses arms and budgets when a search does not fix them
+    search_log: Any = None  # a feedback.searchlog.SearchLog; None: searches are not logged
+    memory: Any = None  # a feedback.q2e.Q2EMemory: tells the policy whether the query has memory
 
     def __post_init__(self) -> None:
         if not 1 <= self.rerank_window <= 10_000:
@@ -127,6 +136,7 @@ class SearchPipeline:
         self._filter_fields: FilterFields | None = None
         if self.dictionary_cache is None:
             self.dictionary_cache = DictionaryCache(self.client)
+        self.query_counts = QueryCounts()
 
     # ---- catalogue metadata --------------------------------------------------------------
     def catalogue(self) -> CatalogueInfo:
@@ -198,13 +208,38 @@ class SearchPipeline:
                 calls.append(StrategyCall(plan_id, int(budget), values, self.timeout_ms))
         return calls, skipped
 
+    def eligible_arms(self, u: QueryUnderstanding, filters: Sequence[Mapping[str, Any]] = ()) -> tuple[list[str], dict[str, str]]:
+        """The plans that apply to this query and catalogue (before any is chosen), and why each
+        other one does not. A plan that needs the query vector applies when there is an encoder."""
+        placeholder = [0.0] if self.encoder is not None else None
+        calls, skipped = self.calls_for(u, placeholder, {name: 1 for name in self.plans}, filters)
+        return [c.plan for c in calls], {r.strategy: r.detail or "" for r in skipped}
+
+    def decide(self, u: QueryUnderstanding, request: RequestContext | None = None,
+               filters: Sequence[Mapping[str, Any]] = ()) -> tuple[Context, Decision]:
+        """Ask the policy which eligible arms run with what budgets (the policy must be set)."""
+        assert self.policy is not None
+        eligible, why_not = self.eligible_arms(u, filters)
+        has_memory = False
+        if self.memory is not None:
+            try:
+                has_memory = bool(self.memory.has_key(u.key))
+            except Exception:  # the memory's health never costs the search
+                has_memory = False
+        context = Context.build(u, eligible, request=request, q2e_key_exists=has_memory,
+                                earlier_searches=self.query_counts.seen(u.key), not_applicable=why_not)
+        return context, self.policy.select(context)
+
     def search(self, query: str, *, strategies: Sequence[str] | None = None,
                budgets: Mapping[str, int] | None = None, size: int = 10,
                filters: Mapping[str, Any] | None = None, understander: QueryUnderstander | None = None,
-               vector: Sequence[float] | None = None, explain: bool = False) -> SearchResponse:
+               vector: Sequence[float] | None = None, explain: bool = False,
+               request: RequestContext | None = None) -> SearchResponse:
         """``filters`` is ``{field: value | [values] | {"gte": x, "lte": y}}`` on the catalogue's
         declared fields (see orchestrator.filters); never query DSL. ``vector`` is the query's
-        vector when already computed (see :meth:`encode_queries`)."""
+        vector when already computed (see :meth:`encode_queries`). Without ``strategies`` or
+        ``budgets`` the policy (when set) chooses the arms and budgets from the query and
+        ``request`` context; else every plan runs."""
         if not isinstance(query, str):
             raise QueryError("query must be a string")
         if len(query) > MAX_QUERY_CHARS:
@@ -220,6 +255,12 @@ class SearchPipeline:
         if not u.normalized:
             raise QueryError("the query is empty")
         t1 = time.perf_counter()
+        context = decision = None
+        if budgets is None and not strategies and self.policy is not None:
+            context, decision = self.decide(u, request, clauses)
+            budgets = {arm: n for arm, n in decision.budgets.items() if n > 0}
+            if not budgets:  # no arm applies: every plan reports why
+                budgets = {s: DEFAULT_BUDGET for s in self.plans}
         if budgets is None:
             chosen = list(strategies) if strategies else list(self.plans)
             budgets = {s: DEFAULT_BUDGET for s in chosen}
@@ -256,7 +297,12 @@ class SearchPipeline:
             opensearch_took_ms=report.took_ms, fusion_ms=(t4 - t3) * 1000, total_ms=(t5 - t0) * 1000,
             rerank_wall_ms=(t5 - t4) * 1000, rerank_took_ms=outcome.took_ms if outcome else 0.0)
         trips = report.round_trips + (1 if outcome is not None else 0)
-        return SearchResponse(uuid.uuid4().hex, query, u, tuple(hits[:size]), results, timings, trips, outcome)
+        response = SearchResponse(uuid.uuid4().hex, query, u, tuple(hits[:size]), results, timings, trips, outcome,
+                                  decision, context)
+        self.query_counts.add(u.key)
+        if self.search_log is not None:
+            self.search_log.log(search_record(self.index, response, request))
+        return response
 
     def with_active_model(self, registry: Any, catalogue: str | None = None, **options: Any) -> str | None:
         """Rerank with the model the registry marks active for ``catalogue`` (default: this
@@ -271,6 +317,44 @@ class SearchPipeline:
             return {}
         resp = self.client.mget(index=self.index, body={"ids": list(ids)}, params={"_source_includes": ",".join(fields)})
         return {d["_id"]: d.get("_source", {}) for d in resp["docs"] if d.get("found")}
+
+
+class QueryCounts:
+    """How often each query key was searched by this process (the context's frequency bucket).
+
+    Bounded: past ``capacity`` keys the counts are halved and keys that fall to zero are dropped,
+    so heavy hitters stay and the long tail ages out.
+    """
+
+    def __init__(self, capacity: int = 200_000):
+        self.capacity = capacity
+        self._counts: dict[str, int] = {}
+
+    def seen(self, key: str) -> int:
+        return self._counts.get(key, 0)
+
+    def add(self, key: str) -> None:
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if len(self._counts) > self.capacity:
+            self._counts = {k: c // 2 for k, c in self._counts.items() if c // 2 > 0}
+
+
+def search_record(catalogue: str, response: SearchResponse, request: RequestContext | None) -> SearchRecord:
+    """The search log's record of one answered search."""
+    context = response.context
+    return SearchRecord(
+        search_id=response.search_id, time=datetime.now(UTC), catalogue=catalogue, query=response.query,
+        normalized=response.understanding.normalized, key=response.understanding.key,
+        context=context.features.tolist() if context is not None else [],
+        context_version=context.version if context is not None else "",
+        request=(request or RequestContext()).to_dict(),
+        eligible=list(context.eligible) if context is not None else
+        [r.strategy for r in response.strategy_results if r.status is not ArmStatus.NOT_APPLICABLE],
+        decision=response.decision.to_dict() if response.decision is not None else None,
+        arm_hits={r.strategy: [h.doc_id for h in r.hits] for r in response.strategy_results
+                  if r.status is not ArmStatus.NOT_APPLICABLE},
+        arm_status={r.strategy: r.status.value for r in response.strategy_results},
+        ranking=[h.doc_id for h in response.hits], model=response.model)
 
 
 def _apply_rerank(hits: list[Candidate], outcome: RerankOutcome) -> list[Candidate]:

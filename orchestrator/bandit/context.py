@@ -19,7 +19,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -118,9 +118,9 @@ def context_vector(understanding: QueryUnderstanding, request: RequestContext | 
     device = request.device
     x[i + (DEVICES.index(device) if device in DEVICES else len(DEVICES))] = 1.0  # absent: "other"
     i += len(DEVICES) + 1
-    when = request.time or datetime.now(timezone.utc)
+    when = request.time or datetime.now(UTC)
     if when.tzinfo is not None:
-        when = when.astimezone(timezone.utc)
+        when = when.astimezone(UTC)
     angle = 2 * math.pi * (when.hour + when.minute / 60) / 24
     x[i], x[i + 1] = (1 + math.sin(angle)) / 2, (1 + math.cos(angle)) / 2
     i += 2
