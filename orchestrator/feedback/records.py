@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 EVENT_GRADES: Mapping[str, float] = {
@@ -47,7 +47,7 @@ class FeedbackEvent:
     type: str
     doc_id: str
     position: int | None = None
-    time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         _check_id("event_id", self.event_id)
@@ -85,6 +85,9 @@ class SearchRecord:
     arm_status: Mapping[str, str]  # arm -> ArmStatus value
     ranking: Sequence[str]  # the final ranking shown (doc ids, best first)
     model: str | None = None  # the LTR model that ordered the ranking
+    # The sltr parameters the reranker was sent (ltr.features.request_params), so the features of
+    # the displayed items can be logged again for click training; None when not kept.
+    ltr_params: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not all(math.isfinite(v) for v in self.context):
