@@ -3,6 +3,10 @@
 Every index is created as ``<alias>-v<N>`` and served through ``<alias>``. A load builds the next
 version, checks that the documents in it equal the rows it accepted, then swaps the alias in one
 atomic ``_aliases`` call, so an interrupted or failed load leaves the previous version serving.
+
+A catalogue's Q2E memory lives beside its versions in ``<alias>-q2e`` (orchestrator.feedback.q2e):
+a load makes sure it exists and never deletes it, so what users taught survives a reload. Alias
+names ending in ``-q2e`` are therefore reserved.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ POPULARITY_FLOOR = 1e-3  # rank_feature values must be positive normal floats
 BIG_TEXT_BYTES = 1 << 20  # a title or text over this (UTF-8) is loaded, with a warning in the report
 _VERSION_RE = re.compile(r"^(?P<alias>.+)-v(?P<n>\d+)$")
 _ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,200}$")
+_MEMORY_SUFFIX = "-q2e"  # = feedback.q2e.MEMORY_SUFFIX (not imported: q2e imports this module)
 
 
 class CatalogError(RuntimeError):
@@ -115,6 +120,9 @@ def default_alias(dataset_name: str) -> str:
 def check_alias(alias: str) -> str:
     if not _ALIAS_RE.match(alias):
         raise CatalogError(f"index name {alias!r} must be lowercase letters, digits, '-' or '_'")
+    if alias.endswith(_MEMORY_SUFFIX):
+        raise CatalogError(f"index name {alias!r} ends in {_MEMORY_SUFFIX!r}, which is reserved for Q2E memories "
+                           f"(the memory of catalogue X is X{_MEMORY_SUFFIX})")
     return alias
 
 
@@ -167,8 +175,14 @@ def swap_alias(client: OpenSearch, alias: str, index: str) -> None:
     _mark_served(client, index)
 
 
-def drop(client: OpenSearch, alias: str, version: int | None = None) -> list[str]:
-    """Delete one version (refusing the serving one) or, without a version, all of them."""
+def drop(client: OpenSearch, alias: str, version: int | None = None, *, memory: bool = False) -> list[str]:
+    """Delete one version (refusing the serving one) or, without a version, all of them.
+
+    Dropping all versions keeps the catalogue's Q2E memory ``<alias>-q2e`` (a later load of the
+    same alias finds it again) unless ``memory`` is set, or it holds nothing (no item documents),
+    in which case it goes too. Returns the indices deleted."""
+    if memory and version is not None:
+        raise CatalogError("memory=True drops the Q2E memory with the whole catalogue; it cannot go with a version")
     versions = list_versions(client, alias)
     if version is not None:
         targets = [v for v in versions if v.version == version]
@@ -180,7 +194,15 @@ def drop(client: OpenSearch, alias: str, version: int | None = None) -> list[str
         targets = versions
     for v in targets:
         client.indices.delete(index=v.index)
-    return [v.index for v in targets]
+    dropped = [v.index for v in targets]
+    if version is None and _ALIAS_RE.match(alias) and not alias.endswith(_MEMORY_SUFFIX):  # else it has no memory
+        from .feedback.q2e import Q2EMemory
+
+        q2e = Q2EMemory(client, alias)
+        if q2e.exists() and (memory or q2e.document_count() == 0):
+            q2e.drop()
+            dropped.append(q2e.index)
+    return dropped
 
 
 def ensure_index(client: OpenSearch, alias: str, template: str) -> str:
@@ -507,6 +529,12 @@ def load_dataset(
             _prune(client, alias, keep_versions)
         except Exception as e:  # pruning is housekeeping: the load itself succeeded
             report.warnings.append(f"could not remove old versions of {alias}: {e}")
+        try:  # the memory of what users engaged with: created once, kept across loads
+            from .feedback.q2e import Q2EMemory
+
+            Q2EMemory(client, alias).ensure()
+        except Exception as e:  # the catalogue serves without it (its arm is then not applicable)
+            report.warnings.append(f"could not create the Q2E memory of {alias}: {e}")
     elif report.accepted == 0:
         report.warnings.append("no rows were accepted; the alias was not moved")
     if big:

@@ -202,10 +202,26 @@ class SearchPipeline:
             values = {p.name: vector if p.type == "vector" else inputs[p.name]
                       for p in plan.params if p.type == "vector" or p.name in inputs}
             reason = plan.why_not_applicable(values, query_tokens=len(u.tokens), catalogue_fields=present)
+            target = None
+            if reason is None and plan.target == "memory":
+                # A memory plan searches <alias>-q2e. That index holds no catalogue fields, so a
+                # filtered search cannot use it; and without entries for the key it has nothing.
+                from opensearchpy.exceptions import TransportError
+
+                from .feedback.q2e import Q2EMemory
+
+                memory = self.memory if self.memory is not None else Q2EMemory(self.client, self.index)
+                target = memory.index
+                key = next((str(values[p.name]) for p in plan.params if p.type == "key" and values.get(p.name)), None)
+                try:  # a healthy node answers in ~1 ms (then cached); a slow one must not cost a deadline
+                    reason = ("the search has filters, which the Q2E memory cannot evaluate" if filters
+                              else memory.why_unavailable(key, timeout_s=min(self.timeout_ms, 100) / 1000))
+                except TransportError:  # the check could not be made: run the arm, which reports its own error
+                    reason = None
             if reason is not None:
                 skipped.append(StrategyResult.not_applicable(plan_id, int(budget), reason))
             else:
-                calls.append(StrategyCall(plan_id, int(budget), values, self.timeout_ms))
+                calls.append(StrategyCall(plan_id, int(budget), values, self.timeout_ms, target))
         return calls, skipped
 
     def eligible_arms(self, u: QueryUnderstanding, filters: Sequence[Mapping[str, Any]] = ()) -> tuple[list[str], dict[str, str]]:

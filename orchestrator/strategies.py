@@ -1,7 +1,8 @@
 """The strategies stage: retrieval plans as data, stored as mustache templates, run in one round trip.
 
 A plan is one YAML file in ``query_plans/`` (id, description, cost hint, catalogue fields, typed
-parameters with defaults, an example, and the mustache template). ``sync_plans`` stores each
+parameters with defaults, an example, the mustache template, and ``index: memory`` for a plan that
+searches the catalogue's Q2E memory ``<alias>-q2e`` instead of the catalogue). ``sync_plans`` stores each
 template as a script with a content-addressed id ``ltrr-<plan>-<sha8>`` (so syncing twice is a
 no-op and a changed template never overwrites one that running searches use) and validates it by
 rendering the example through ``_render/template``.
@@ -37,6 +38,7 @@ _KEY_RE = re.compile(r"^q_[0-9a-f]{16}$")
 _PLAN_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _TAG_RE = re.compile(r"\{\{\s*([#^/]?)\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 PARAM_TYPES = ("string", "integer", "number", "boolean", "object_list", "vector", "key")
+TARGETS = ("catalogue", "memory")  # what a plan searches: the catalogue alias, or its Q2E memory (<alias>-q2e)
 TIMEOUT_PARAM = "timeout"
 NOT_APPLICABLE = "not applicable to this query"  # the detail of a plan whose `applies.nonempty` input is empty
 # Only what _to_result reads: a smaller response is faster to send and to parse.
@@ -166,6 +168,7 @@ class QueryPlan:
     applies: Applicability = Applicability()
     example: Mapping[str, Any] = field(default_factory=dict)
     path: str = ""
+    target: str = "catalogue"  # YAML `index:`, one of TARGETS; the pipeline routes the call there
 
     @property
     def digest(self) -> str:
@@ -357,7 +360,7 @@ def load_plan(path: Path) -> QueryPlan:
         raise PlanError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, Mapping):
         raise PlanError(f"{path}: expected a mapping")
-    allowed = {"id", "description", "cost", "fields", "params", "applies", "example", "template"}
+    allowed = {"id", "description", "cost", "fields", "params", "applies", "example", "template", "index"}
     unknown = set(raw) - allowed
     if unknown:
         raise PlanError(f"{path}: unknown keys {sorted(unknown)}")
@@ -368,13 +371,17 @@ def load_plan(path: Path) -> QueryPlan:
         raise PlanError(f"{path}: id {raw['id']!r} must be lowercase letters, digits and _")
     if path.stem != raw["id"]:
         raise PlanError(f"{path}: file name must equal the id ({raw['id']}.yaml)")
+    target = raw.get("index", "catalogue")
+    if target not in TARGETS:
+        raise PlanError(f"{path}: index must be one of {TARGETS}, got {target!r}")
     params = tuple(_parse_param(str(path), name, spec) for name, spec in (raw["params"] or {}).items())
     if any(p.name == TIMEOUT_PARAM for p in params):
         raise PlanError(f"{path}: {TIMEOUT_PARAM!r} is reserved (set per search)")
     plan = QueryPlan(
         id=raw["id"], description=" ".join(str(raw.get("description", "")).split()), template=str(raw["template"]),
         params=params, fields=tuple(raw.get("fields", ())), cost=float(raw.get("cost", 1.0)),
-        applies=_parse_applies(str(path), raw.get("applies")), example=raw.get("example") or {}, path=str(path))
+        applies=_parse_applies(str(path), raw.get("applies")), example=raw.get("example") or {}, path=str(path),
+        target=target)
     if plan.cost <= 0:
         raise PlanError(f"{path}: cost must be positive")
     for name in plan.applies.nonempty:
@@ -439,12 +446,14 @@ def sync_plans(client: OpenSearch, plans: Mapping[str, QueryPlan]) -> list[SyncR
 
 @dataclass(frozen=True, slots=True)
 class StrategyCall:
-    """One strategy to run: which plan, how many candidates, and its parameter values."""
+    """One strategy to run: which plan, how many candidates, and its parameter values.
+    ``index``: where this call searches when not the run's index (a memory plan: ``<alias>-q2e``)."""
 
     plan: str
     budget: int
     params: Mapping[str, Any]
     timeout_ms: int = 1000
+    index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -492,7 +501,7 @@ class StrategyExecutor:
             if params is None:
                 results[i] = StrategyResult.not_applicable(call.plan, call.budget, NOT_APPLICABLE)
                 continue
-            body.append({"index": index})
+            body.append({"index": call.index or index})
             body.append({"id": plan.script_id, "params": params})
             sent.append(i)
         return results, body, sent

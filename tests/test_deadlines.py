@@ -201,7 +201,8 @@ def test_a_stalled_node_costs_one_deadline_not_retries(tiny, proxy):
     assert all("timed out" in error.lower() for error in resp.errors.values()), resp.errors
     assert resp.hits == () and not resp.candidates
     time.sleep(0.2)
-    assert proxy.held_requests == 1  # the _msearch was sent once: nothing retried it
+    # The Q2E memory check (its own 100 ms timeout) and the _msearch, each sent once: nothing retried.
+    assert proxy.held_requests == 2
 
 
 def test_missing_stored_script_is_named_with_the_fix(tiny, os_client, tmp_path):

@@ -116,7 +116,7 @@ def test_cli_search_and_evaluate(os_client, opensearch_url, tmp_path):
         systems = {s["system"]: s for s in data["systems"]}
         assert systems["bm25_popularity"]["nDCG@10"] == pytest.approx(1.0)
         assert systems["bm25_popularity"]["RR@10"] == pytest.approx(1.0)
-        assert systems["q2e_memory"]["empty"] == 2  # nothing learned yet
+        assert systems["q2e_memory"]["not_applicable"] == 2  # nothing learned yet: no entries for the keys
         assert systems["knn"]["not_applicable"] == 2  # loaded without embeddings
         assert systems["union (rrf k=60)"]["candidate_recall"] == pytest.approx(1.0)
         # "so what" is all stopwords for the textbook tokenizer: the reference finds nothing there

@@ -126,7 +126,8 @@ def test_hostile_text_reaches_features_only_as_values(ltr_client, catalogue):
     ids = ["trk_000001", "trk_000002", "art_000001"]
     hostile = ['"}}, {"match_all": {}}]}}', 'taylor "swift"', "back\\slash {{keywords}}", "}}{{#x}}"]
     requests = [(f"h{i}", {"keywords": text, "key": "q_0123456789abcdef", "slot_values": [text], "query_vector": [],
-                           "query_info": {"n_tokens": 1.0, "n_chars": 1.0, "has_slots": 0.0}, "arm_ranks": {}, "fused": {}},
+                           "query_info": {"n_tokens": 1.0, "n_chars": 1.0, "has_slots": 0.0}, "arm_ranks": {}, "fused": {},
+                           "q2e_scores": {}},
                  ids) for i, text in enumerate(hostile)]
     logged = log_features(ltr_client, catalogue["alias"], catalogue["fs"], requests)
     assert [q.doc_ids for q in logged] == [tuple(ids)] * len(hostile)  # no match_all leak: same 3 rows

@@ -23,6 +23,7 @@ from ..datatypes import FusedHit, StrategyResult
 from ..understanding import QueryUnderstanding
 
 FEATURES_FILE = "features.yaml"
+MEMORY_ARMS = ("q2e_memory",)  # plans whose hit scores are Q2E memory scores (query_plans/*.yaml, index: memory)
 
 REQUEST_PARAMS: dict[str, str] = {
     "keywords": "string",      # the normalised query
@@ -32,6 +33,7 @@ REQUEST_PARAMS: dict[str, str] = {
     "query_info": "map",       # {n_tokens, n_chars, has_slots}
     "arm_ranks": "map",        # {arm: {doc_id: rank}}
     "fused": "map",            # {doc_id: fused score}
+    "q2e_scores": "map",       # {doc_id: the Q2E memory arm's score}
 }
 """Every parameter a feature may declare, and its kind. Only ``string`` ones may appear in a
 mustache query (inside JSON strings, where the plugin escapes them); the others are script values."""
@@ -198,9 +200,16 @@ def init_feature_set(client: Any, feature_set: FeatureSet) -> bool:
 
 
 def request_params(u: QueryUnderstanding, vector: Sequence[float] | None, results: Sequence[StrategyResult],
-                   fused: Sequence[FusedHit]) -> dict[str, Any]:
+                   fused: Sequence[FusedHit], *, memory_arms: Sequence[str] = MEMORY_ARMS) -> dict[str, Any]:
     """The sltr parameters for one query's candidates (see ``features.yaml``). Every parameter is
-    always sent, so any feature set version finds what it declares."""
+    always sent, so any feature set version finds what it declares. ``q2e_scores`` holds the
+    scores of the ``memory_arms`` that ran (the Q2E memory is not a catalogue field, so its
+    features come from those hits; the best score where several found an item)."""
+    q2e_scores: dict[str, float] = {}
+    for r in results:
+        if r.ok and r.strategy in memory_arms:
+            for h in r.hits:
+                q2e_scores[h.doc_id] = max(h.score, q2e_scores.get(h.doc_id, 0.0))
     return {
         "keywords": u.normalized,
         "key": u.key,
@@ -210,4 +219,5 @@ def request_params(u: QueryUnderstanding, vector: Sequence[float] | None, result
                        "has_slots": 1.0 if u.slots else 0.0},
         "arm_ranks": {r.strategy: {h.doc_id: h.rank for h in r.hits} for r in results if r.ok},
         "fused": {h.doc_id: h.score for h in fused},
+        "q2e_scores": q2e_scores,
     }
