@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .context import CONTEXT_VERSION, Context
+from .stats import PolicyStatistics
 
 DEFAULT_LEVELS = (10, 20, 50, 100)
 
@@ -143,3 +144,24 @@ class Policy(ABC):
     @abstractmethod
     def add_arm(self, arm: str) -> None:
         """Start learning about a new arm (a new plan file) at the prior."""
+
+    # Shared state and off-policy evaluation: every policy of ``orchestrator.bandit.policies`` has
+    # these; a policy without them says so.
+
+    @property
+    def statistics(self) -> PolicyStatistics:
+        """A copy of the statistics the policy acts on."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no shareable statistics")
+
+    def take_delta(self) -> PolicyStatistics:
+        """The updates since the last call (resets them)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no shareable statistics")
+
+    def load_statistics(self, stats: PolicyStatistics, snapshot: str | None = None) -> None:
+        """Act on merged global statistics plus the updates since the last :meth:`take_delta`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no shareable statistics")
+
+    def action_probabilities(self, context: Context, *, seed: int | None = None,
+                             draws: int | None = None) -> dict[tuple[tuple[str, int], ...], float]:
+        """P(budget vector | context), keyed by the sorted (arm, n) pairs of the arms that run."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its action distribution")

@@ -34,9 +34,11 @@ class ArmStatistics:
     def zeros(cls, dim: int, n_levels: int) -> ArmStatistics:
         return cls(np.zeros((dim, dim)), np.zeros(dim), np.zeros(n_levels + 1))
 
-    def add(self, x: np.ndarray, reward: float, rank_bucket: Iterable[int] = ()) -> None:
-        """One observation: a rank-one update of the Gram matrix (O(d²))."""
-        self.gram += np.outer(x, x)
+    def add(self, x: np.ndarray, reward: float, rank_bucket: Iterable[int] = (), *,
+            outer: np.ndarray | None = None) -> None:
+        """One observation: a rank-one update of the Gram matrix (O(d²)). ``outer``: x xᵀ when the
+        caller already has it (the arms of one search share their context)."""
+        self.gram += np.outer(x, x) if outer is None else outer
         self.moment += reward * x
         self.pulls += 1
         self.reward_sum += reward
