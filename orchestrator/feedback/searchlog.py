@@ -234,6 +234,7 @@ class LogEntry:
     finalized_at: datetime | None = None
     seq_no: int | None = None
     primary_term: int | None = None
+    outcome: Mapping[str, Any] | None = None  # what the reward joiner stored (engaged, rewards...)
 
 
 def _close_if_alive(ref: weakref.ref) -> None:
@@ -321,10 +322,12 @@ class SearchLog:
 
     def _entry(self, hit: Mapping[str, Any]) -> LogEntry:
         source = hit["_source"]
-        finalized = (source.get("query_attributes") or {}).get("finalized_at")
+        attributes = source.get("query_attributes") or {}
+        finalized = attributes.get("finalized_at")
         return LogEntry(record_from_document(source), pending=False,
                         finalized_at=parse_time(finalized) if finalized else None,
-                        seq_no=hit.get("_seq_no"), primary_term=hit.get("_primary_term"))
+                        seq_no=hit.get("_seq_no"), primary_term=hit.get("_primary_term"),
+                        outcome=attributes.get("outcome"))
 
     def read(self, catalogue: str | None = None, since: datetime | None = None, until: datetime | None = None,
              *, page_size: int = 500) -> Iterator[SearchRecord]:
@@ -334,6 +337,12 @@ class SearchLog:
         for entry in self._scan(catalogue=catalogue, since=since, until=until, page_size=page_size):
             yield entry.record
 
+    def finalized(self, catalogue: str | None = None, since: datetime | None = None, until: datetime | None = None,
+                  *, page_size: int = 500) -> Iterator[LogEntry]:
+        """Stored searches the reward joiner finalized, with their ``outcome``, in time order:
+        what off-policy evaluation reads."""
+        yield from self._scan(catalogue=catalogue, since=since, until=until, page_size=page_size, finalized=True)
+
     def unfinalized(self, before: datetime, *, catalogue: str | None = None,
                     page_size: int = 500) -> Iterator[LogEntry]:
         """Stored searches older than ``before`` that the reward joiner has not finalized, in time
@@ -341,7 +350,7 @@ class SearchLog:
         yield from self._scan(catalogue=catalogue, until=before, page_size=page_size, unfinalized=True)
 
     def _scan(self, *, catalogue: str | None = None, since: datetime | None = None, until: datetime | None = None,
-              page_size: int = 500, unfinalized: bool = False) -> Iterator[LogEntry]:
+              page_size: int = 500, unfinalized: bool = False, finalized: bool = False) -> Iterator[LogEntry]:
         if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 10_000:
             raise ValueError(f"page_size must be an integer in [1, 10000], got {page_size!r}")
         filters: list[dict[str, Any]] = [{"term": {"application": APPLICATION}}]
@@ -357,6 +366,8 @@ class SearchLog:
         query: dict[str, Any] = {"bool": {"filter": filters}}
         if unfinalized:
             query["bool"]["must_not"] = [{"exists": {"field": "query_attributes.finalized_at"}}]
+        if finalized:
+            filters.append({"exists": {"field": "query_attributes.finalized_at"}})
         body: dict[str, Any] = {"size": page_size, "query": query, "track_total_hits": False,
                                 "seq_no_primary_term": True,
                                 "sort": [{"timestamp": "asc"}, {"query_id": "asc"}]}
