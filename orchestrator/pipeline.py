@@ -51,6 +51,7 @@ class Timings:
     total_ms: float
     rerank_wall_ms: float = 0.0
     rerank_took_ms: float = 0.0
+    decide_ms: float = 0.0  # context + the policy's choice (0 when the caller fixed the arms)
 
     @property
     def orchestrator_ms(self) -> float:
@@ -272,8 +273,11 @@ class SearchPipeline:
             raise QueryError("the query is empty")
         t1 = time.perf_counter()
         context = decision = None
+        decide_ms = 0.0
         if budgets is None and not strategies and self.policy is not None:
+            td = time.perf_counter()
             context, decision = self.decide(u, request, clauses)
+            decide_ms = (time.perf_counter() - td) * 1000
             budgets = {arm: n for arm, n in decision.budgets.items() if n > 0}
             if not budgets:  # no arm applies: every plan reports why
                 budgets = {s: DEFAULT_BUDGET for s in self.plans}
@@ -311,7 +315,7 @@ class SearchPipeline:
         timings = Timings(
             understand_ms=(t1 - t0) * 1000, embed_ms=embed_ms, execute_wall_ms=(t3 - t2) * 1000,
             opensearch_took_ms=report.took_ms, fusion_ms=(t4 - t3) * 1000, total_ms=(t5 - t0) * 1000,
-            rerank_wall_ms=(t5 - t4) * 1000, rerank_took_ms=outcome.took_ms if outcome else 0.0)
+            rerank_wall_ms=(t5 - t4) * 1000, rerank_took_ms=outcome.took_ms if outcome else 0.0, decide_ms=decide_ms)
         trips = report.round_trips + (1 if outcome is not None else 0)
         response = SearchResponse(uuid.uuid4().hex, query, u, tuple(hits[:size]), results, timings, trips, outcome,
                                   decision, context)
