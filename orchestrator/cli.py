@@ -6,7 +6,8 @@ import os
 import re
 import sys
 import time
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -277,12 +278,18 @@ def index_create(name: str, template: str, dataset_dir: str | None, no_swap: boo
 
 @index.command("init")
 def index_init() -> None:
-    """Create the events and bandit-state indices when missing (idempotent)."""
-    from .catalog import ensure_index
+    """Create the search log, events and bandit-state indices when missing (idempotent; searches
+    and feedback also create them on first use)."""
+    from .bandit.state import SharedStatistics
+    from .feedback.events import EVENTS_TEMPLATE
+    from .feedback.searchlog import QUERIES_TEMPLATE, ensure_ubi_index
 
     client = _client()
-    for alias, template in (("ltrr-events", "events"), ("ltrr-bandit-state", "bandit_state")):
-        console.print(f"{alias} -> {ensure_index(client, alias, template)}")
+    ensure_ubi_index(client, "ubi_queries", QUERIES_TEMPLATE)
+    ensure_ubi_index(client, "ubi_events", EVENTS_TEMPLATE)
+    shared = SharedStatistics(client)
+    shared.ensure()
+    console.print(f"ready: ubi_queries, ubi_events, {shared.index}")
 
 
 @index.command("list")
@@ -316,14 +323,16 @@ def index_swap(name: str, version: int) -> None:
 @click.argument("name")
 @click.option("--version", type=int, default=None, help="Drop only this (non-serving) version.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def index_drop(name: str, version: int | None, yes: bool) -> None:
-    """Delete one version, or every version of NAME."""
+@click.option("--with-memory", is_flag=True,
+              help="Also delete the catalogue's Q2E memory (NAME-q2e), which survives drops and loads otherwise.")
+def index_drop(name: str, version: int | None, yes: bool, with_memory: bool) -> None:
+    """Delete one version, or every version of NAME (its Q2E memory stays unless --with-memory)."""
     from .catalog import CatalogError, drop
 
     if version is None and not yes:
-        click.confirm(f"delete every version of {name}?", abort=True)
+        click.confirm(f"delete every version of {name}{' and its Q2E memory' if with_memory else ''}?", abort=True)
     try:
-        dropped = drop(_client(), name, version)
+        dropped = drop(_client(), name, version, memory=with_memory)
     except CatalogError as e:
         _fail(str(e))
         return
@@ -499,9 +508,19 @@ def _pipeline(index: str, with_encoder: bool = True, fusion: str = "rrf", strate
               help="Restrict results (repeatable): field=value, field=a,b (any of), field>=x / field>x / "
                    "field<=y / field<y (numeric fields), or a JSON object {\"field\": value | [values] | "
                    "{\"gte\": x}}. Fields: the catalogue's facet and numeric fields and entity_type.")
+@click.option("--policy", "policy_spec", default=None, metavar="POLICY",
+              help="Let a bandit policy choose the arms and budgets (linucb, thompson, epsilon, random, "
+                   "static:a+b, all), acting on what it learned (ltrr learn); the search is logged for feedback.")
+@click.option("--device", default=None, help="Request context for the policy: desktop, mobile, tv...")
+@click.option("--locale", default=None, help="Request context for the policy, e.g. en-GB.")
+@click.option("--segment", default=None, help="Request context for the policy: a user segment.")
 def search(query: str, index: str, strategies: str | None, budget: int, size: int, fusion: str, explain: bool,
-           rerank: bool, as_json: bool, filter_items: tuple[str, ...]) -> None:
+           rerank: bool, as_json: bool, filter_items: tuple[str, ...], policy_spec: str | None,
+           device: str | None, locale: str | None, segment: str | None) -> None:
     """Run QUERY through the chosen strategies in one round trip and print the fused list.
+
+    With --policy the bandit chooses among the arms that apply, the search is logged (its id
+    takes feedback: ltrr feedback) and the decision is printed.
 
     Exits 1 when every strategy that ran failed (the errors are printed), 2 for a bad request."""
     import json as jsonlib
@@ -516,18 +535,41 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
         _fail(str(e), 2)
         return
     chosen = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    if policy_spec and chosen:
+        _fail("--policy chooses the strategies: give --policy or --strategies, not both", 2)
     pipe = _pipeline(index, with_encoder=chosen is None or "knn" in chosen, fusion=fusion, strategies=chosen)
     names = chosen or list(pipe.plans)
     if rerank:
         from .ltr.model import ModelRegistry
 
         pipe.with_active_model(ModelRegistry(pipe.client))
+    learning = _learning(pipe, policy_spec) if policy_spec else None
+    request = None
+    if policy_spec:
+        from .bandit.context import ContextError, RequestContext
+
+        try:
+            request = RequestContext(device=device, locale=locale, segment=segment)
+        except ContextError as e:
+            _fail(str(e), 2)
     try:
-        resp = pipe.search(query, budgets={s: budget for s in names}, size=size, filters=filters or None,
-                           explain=explain)
+        resp = pipe.search(query, budgets=None if policy_spec else {s: budget for s in names}, size=size,
+                           filters=filters or None, explain=explain, request=request)
     except QueryError as e:
         _fail(str(e), 2)
         return
+    finally:
+        if learning is not None:
+            learning.close()
+    if resp.decision is not None and not as_json:
+        d = resp.decision
+        console.print(f"[bold]search id[/] {resp.search_id}  [bold]policy[/] {d.policy} (snapshot {d.snapshot}"
+                      f"{', exploring' if d.explored else ''})  propensity {d.propensity:.3f}")
+        dt = Table("arm", "budget", "P(run)", "expected reward", title="decision", title_justify="left")
+        expected = learning.policy.expectations(resp.context) if learning is not None and resp.context else {}
+        for arm, n in d.budgets.items():
+            dt.add_row(arm, str(n), f"{d.inclusion.get(arm, 0.0):.3f}", f"{expected.get(arm, 0.0):.3f}")
+        console.print(dt)
     ran = [r for r in resp.strategy_results if r.status is not ArmStatus.NOT_APPLICABLE]
     all_failed = resp.all_failed
     sources = pipe.fetch_sources([h.doc_id for h in resp.hits])
@@ -540,6 +582,7 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
                       **({"features": h.features} if h.features else {})}
                      for h in resp.hits],
             "model": resp.model, "rerank_error": resp.rerank.error if resp.rerank else None,
+            "decision": resp.decision.to_dict() if resp.decision else None,
             "errors": resp.errors, "timings_ms": resp.timings.__dict__}, indent=2))
         if all_failed:
             for r in ran:
@@ -583,6 +626,166 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
         err.print(f"[yellow]{name}:[/] {escape(error)}")
     if all_failed:
         _fail(f"every strategy failed ({len(ran)} ran)")
+
+
+BANDIT_BUDGET_TOTAL = 100
+BANDIT_LEVELS = (20, 50, 100)
+BANDIT_MAX_ARMS = 2
+
+
+@dataclass
+class _Learning:
+    """What a command needs to search with a learning policy and to learn: the policy acting on
+    the shared statistics, the search log, the Q2E memory."""
+
+    policy: Any
+    shared: Any
+    shared_key: str
+    search_log: Any
+    memory: Any
+
+    def close(self) -> None:
+        self.search_log.close()
+
+
+def _bandit_budget(pipe):
+    from .bandit.base import BudgetConfig
+
+    return BudgetConfig(total=BANDIT_BUDGET_TOTAL, levels=BANDIT_LEVELS, max_arms=BANDIT_MAX_ARMS,
+                        costs={name: plan.cost for name, plan in pipe.plans.items()})
+
+
+def _learning(pipe, policy_spec: str, *, seed: int | None = None) -> _Learning:
+    """Policy (with what the shared state holds for this catalogue), search log and Q2E memory,
+    attached to ``pipe``."""
+    import secrets
+
+    from .bandit.base import PolicyConfigError
+    from .bandit.context import CONTEXT_DIM
+    from .bandit.policies import make_policy
+    from .bandit.state import SharedStatistics, policy_key
+    from .feedback.q2e import Q2EMemory
+    from .feedback.searchlog import SearchLog
+
+    try:
+        # A fresh seed per process: two short-lived CLI searches must not share exploration draws.
+        policy = make_policy(policy_spec, list(pipe.plans), _bandit_budget(pipe), CONTEXT_DIM,
+                             seed=secrets.randbits(31) if seed is None else seed)
+    except (PolicyConfigError, ValueError) as e:
+        _fail(str(e), 2)
+        raise
+    client = _client()
+    shared = SharedStatistics(client)
+    key = policy_key(pipe.index, policy.name)
+    stored = shared.read(key)
+    if stored is not None:
+        policy.load_statistics(stored.statistics, snapshot=stored.snapshot_id)
+    search_log = SearchLog(client)
+    memory = Q2EMemory(client, pipe.index)
+    pipe.policy, pipe.search_log, pipe.memory = policy, search_log, memory
+    return _Learning(policy, shared, key, search_log, memory)
+
+
+@main.command("feedback")
+@click.argument("search_id")
+@click.argument("events", nargs=-1, required=True, metavar="TYPE:DOC_ID[@POSITION]...")
+def feedback_command(search_id: str, events: tuple[str, ...]) -> None:
+    """Record engagement with the results of a logged search (ltrr search --policy prints its id).
+
+    Each EVENT is TYPE:DOC_ID with an optional @POSITION (1-based), e.g. click:trk_000123@2; types:
+    click, add_to_cart, play, favourite. Sending the same events again changes nothing (each gets
+    the id SEARCH_ID:TYPE:DOC_ID)."""
+    from .feedback.events import FeedbackStore
+    from .feedback.records import FeedbackError
+    from .feedback.searchlog import SearchLog
+
+    parsed = []
+    for i, text in enumerate(events):
+        kind, sep, rest = text.partition(":")
+        doc_id, _, position = rest.partition("@")
+        if not sep or not doc_id:
+            _fail(f"event {i + 1} {text!r}: expected TYPE:DOC_ID[@POSITION]", 2)
+        if position and not position.isdigit():
+            _fail(f"event {i + 1} {text!r}: the position must be a positive integer", 2)
+        parsed.append({"event_id": f"{search_id}:{kind}:{doc_id}", "type": kind, "doc_id": doc_id,
+                       **({"position": int(position)} if position else {})})
+    client = _client()
+    log = SearchLog(client)
+    try:
+        receipt = FeedbackStore(client, log).record(search_id, parsed)
+    except FeedbackError as e:
+        _fail(str(e), 2)
+        return
+    finally:
+        log.close()
+    console.print(f"{search_id}: {receipt.accepted_count} accepted, {receipt.duplicate_count} already recorded"
+                  + (f", {len(receipt.late)} late (after the reward window)" if receipt.late else ""))
+
+
+@main.command("learn")
+@click.option("--index", default="synthetic_music", show_default=True, help="Catalogue alias.")
+@click.option("--policy", "policy_spec", default="linucb", show_default=True,
+              help="The policy whose shared statistics learn (as given to ltrr search --policy).")
+@click.option("--window", type=click.FloatRange(0, 30 * 86_400, min_open=True), default=1800.0, show_default=True,
+              help="Seconds after a search before its engagement is final (no engagement: reward 0).")
+@click.option("--max-searches", type=click.IntRange(1, 10_000_000), default=None,
+              help="Finalize at most this many searches in this step.")
+def learn(index: str, policy_spec: str, window: float, max_searches: int | None) -> None:
+    """One learning step: searches whose reward window closed reward the arms that found what
+    users engaged with (policy update, merged into the shared statistics) and teach the Q2E memory."""
+    from .feedback.events import FeedbackStore
+    from .feedback.rewards import RewardJoiner
+    from .learning import LearningLoop
+
+    pipe = _pipeline(index, with_encoder=False)
+    parts = _learning(pipe, policy_spec, seed=0)
+    try:
+        joiner = RewardJoiner(parts.search_log, FeedbackStore(pipe.client, parts.search_log), window_s=window)
+        loop = LearningLoop(joiner, parts.policy, parts.memory, parts.shared, parts.shared_key)
+        report = loop.step(max_searches=max_searches)
+    finally:
+        parts.close()
+    console.print(f"{report.finalized} searches finalized ({report.engaged} with engagement): "
+                  f"{report.policy_updates} policy updates, {report.skipped_without_decision} without a decision, "
+                  f"{report.memory_updates} Q2E impressions, {report.predicted_keys} keys given predictions"
+                  + ("; statistics merged" if report.synced else ""))
+    for error in report.errors[:10]:
+        err.print(f"[yellow]{escape(error)}[/]")
+
+
+def _evaluate_offline(alias: str, targets: tuple[str, ...], n_bootstrap: int, out: str | None) -> None:
+    import json as jsonlib
+
+    from .bandit.offline import LoggedSearch, offline_report, union_reward
+    from .feedback.searchlog import SearchLog
+
+    client = _client()
+    log = SearchLog(client)
+    try:
+        logged = [LoggedSearch(entry.record, union_reward(entry.record, dict((entry.outcome or {}).get("engaged", {}))))
+                  for entry in log.finalized(alias)]
+    finally:
+        log.close()
+    if not logged:
+        _fail(f"no finalized search of {alias!r} in the search log: search with --policy, send feedback, "
+              f"then run ltrr learn", 2)
+    pipe = _pipeline(alias, with_encoder=False)
+    try:
+        report = offline_report(logged, list(targets) or ["logged", "random", "all", "static:*"],
+                                n_bootstrap=n_bootstrap, budget=_bandit_budget(pipe))
+    except ValueError as e:
+        _fail(str(e), 2)
+        return
+    rows = report.table_rows()
+    table = Table(*rows[0].keys(), title=f"{report.n_evaluated} logged searches of {alias} "
+                  f"(mean reward {report.mean_reward:.4f}; skipped {dict(report.skipped) or 0})", title_justify="left")
+    for row in rows:
+        table.add_row(*(escape(v) for v in row.values()))
+    console.print(table)
+    if out:
+        with open(out, "w") as f:
+            jsonlib.dump(report.to_json(), f, indent=2)
+        console.print(f"[dim]wrote {out}[/]")
 
 
 def _feature_set(pipe):
@@ -648,7 +851,15 @@ def _parse_budgets(spec: str | None, names: list[str], default: int) -> dict[str
 
 
 @main.command("evaluate")
-@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False), required=False)
+@click.option("--offline", is_flag=True,
+              help="Off-policy evaluation from the search log instead of qrels: IPS, SNIPS and doubly robust "
+                   "estimates (bootstrap intervals) of the logged policy, static subsets and uniform random.")
+@click.option("--target", "targets", multiple=True, metavar="POLICY",
+              help="With --offline: targets to estimate (logged, random, all, static:a+b, static:*); "
+                   "default logged, random, all and every static subset.")
+@click.option("--bootstrap", type=click.IntRange(100, 100_000), default=2000, show_default=True,
+              help="With --offline: bootstrap resamples of the searches.")
 @click.option("--index", "alias", default=None, help="Catalogue alias (default: the dataset's name).")
 @click.option("--split", default=None, help="qrels split (default: test, else the first one).")
 @click.option("--budget", type=click.IntRange(1, 1000), default=100, show_default=True,
@@ -667,11 +878,14 @@ def _parse_budgets(spec: str | None, names: list[str], default: int) -> dict[str
 @click.option("--limit-queries", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write results as JSON here (with per-query values) and TREC run files beside it.")
-def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int, budget_spec: str | None,
+def evaluate(dataset_dir: str | None, offline: bool, targets: tuple[str, ...], bootstrap: int, alias: str | None,
+             split: str | None, budget: int, budget_spec: str | None,
              fusion: str, rrf_k: float, normalization: str, baselines: bool, group_by: str | None,
              rerank_spec: str | None, limit_queries: int | None, out: str | None) -> None:
     """nDCG@10, R@100 and RR@10 (trec_eval's) of each strategy alone, of their fused union and of
-    the textbook anchors, on the qrels, with a paired t-test against the best strategy."""
+    the textbook anchors, on the qrels of DATASET_DIR, with a paired t-test against the best
+    strategy. With --offline (no DATASET_DIR): what other retrieval policies would have earned on
+    the searches logged for the catalogue --index, estimated from the logged propensities."""
     import json as jsonlib
     from pathlib import Path
 
@@ -680,6 +894,14 @@ def evaluate(dataset_dir: str, alias: str | None, split: str | None, budget: int
     from .evaluate import evaluate_pipeline
     from .reporting import anchor_ratios, best_system, evaluation_table
 
+    if offline:
+        if dataset_dir is not None:
+            _fail("--offline reads the search log, not a dataset: give --index ALIAS and no DATASET_DIR", 2)
+        _evaluate_offline(alias or "synthetic_music", targets, bootstrap, out)
+        return
+    if dataset_dir is None:
+        _fail("give DATASET_DIR (a dataset with qrels), or --offline to evaluate from the search log", 2)
+        return
     dataset, alias, split, qrels, queries, skipped = _judged_dataset(dataset_dir, alias, split)
     if limit_queries:
         for q in queries[limit_queries:]:
@@ -926,6 +1148,11 @@ def demo(docs: int, queries: int, seed: int) -> None:
             console.print(f"OpenSearch {info.version} is up at {info.url}")
 
     run_demo(console, docs=docs, queries=queries, seed=seed, ensure_node=ensure_node)
+
+
+from .simulate.command import simulate  # noqa: E402  (the command module imports this one lazily)
+
+main.add_command(simulate)
 
 
 if __name__ == "__main__":
