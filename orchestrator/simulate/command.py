@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 DEFAULT_POLICIES = ("linucb", "thompson", "epsilon", "random")
 
@@ -35,6 +36,45 @@ def sim_queries(queries: Any, qrels: Any) -> list[Any]:
 
 def _format(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def simulated_ope(result: Any, logger: str, targets: list[str], budget: Any) -> dict[str, Any]:
+    """Off-policy estimates of ``targets`` from ``logger``'s simulated search log, each beside the
+    target's true value: its own simulated mean reward on the same query stream (reward: a clicked
+    item was among the candidates). Targets that use the Q2E arm read their own memory when they run
+    and the logger's in the log, so their truth and estimate may differ by more than noise."""
+    from ..bandit.offline import offline_report
+
+    report = offline_report(result.logs[logger], ["logged", *targets], budget=budget)
+    doc = report.to_json()
+    truth = {spec: float(np.mean(run.clicks > 0)) for spec, run in result.runs.items()}
+    truth["logged"] = truth[logger]
+    for row in doc["targets"]:
+        row["truth"] = truth.get(row["target"])
+    doc["logger"] = logger
+    return doc
+
+
+def ope_table(ope: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table("target", "truth", "IPS [95%]", "SNIPS", "DR [95%]", "ESS", "covered",
+                  title=f"off-policy estimates from {ope['logger']}'s simulated log ({ope['n_evaluated']} searches)",
+                  title_justify="left")
+
+    def interval(v: dict[str, Any] | None) -> str:
+        if not v or any(v.get(k) is None for k in ("mean", "low", "high")):
+            return "—"
+        return f"{v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+
+    for row in ope["targets"]:
+        dr, truth = row.get("dr"), row.get("truth")
+        bounded = dr and dr.get("low") is not None and dr.get("high") is not None
+        covered = "—" if not bounded or truth is None else ("yes" if dr["low"] <= truth <= dr["high"] else "no")
+        table.add_row(row["target"], "—" if truth is None else f"{truth:.3f}", interval(row.get("ips")),
+                      "—" if not (row.get("snips") or {}).get("mean") else f"{row['snips']['mean']:.3f}", interval(dr),
+                      f"{row['ess']:.0f}", covered)
+    return table
 
 
 def result_table(result: dict[str, Any]) -> Any:
@@ -85,13 +125,16 @@ def result_table(result: dict[str, Any]) -> Any:
 @click.option("--max-arms", type=int, default=2, show_default=True)
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
               help="Candidate cache file: read when present (texts it lacks are fetched), written after fetching.")
+@click.option("--ope", "ope_logger", default=None, metavar="POLICY",
+              help="Also evaluate off-policy from POLICY's simulated search log: IPS, SNIPS and DR estimates of "
+                   "uniform random and every static pair (simulated too, so each estimate sits beside its truth).")
 @click.option("--check-q2e", "check_keys", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="After the run, write the first policy's simulated Q2E memory for this many keys into a "
                    "throwaway memory index, search it with the q2e_memory plan and compare (deleted afterwards).")
 def simulate(dataset_dir: str, alias: str | None, split: str | None, searches: int, policies: tuple[str, ...],
              baselines: bool, out: str, seed: int, click_model: str, click_table: str, eta: float, zipf_s: float,
              tail_fraction: float, tail_share: float, segment_accuracy: float, total: int, levels: str, max_arms: int,
-             cache_path: str | None, check_keys: int) -> None:
+             cache_path: str | None, check_keys: int, ope_logger: str | None) -> None:
     """Simulate users searching DATASET's judged queries and measure each policy's clicks, candidate
     recall, pseudo-regret and OpenSearch cost; writes RESULT.json and PNG plots beside it."""
     from rich.markup import escape
@@ -143,6 +186,11 @@ def simulate(dataset_dir: str, alias: str | None, split: str | None, searches: i
         specs = list(policies or DEFAULT_POLICIES)
         if baselines:
             specs += [f"static:{a}" for a in arms] + ["all"]
+        if ope_logger:
+            from itertools import combinations
+
+            pairs = [f"static:{a}+{b}" for a, b in combinations(arms, 2)]
+            specs += [x for x in [ope_logger, "random", *pairs] if x not in specs]
         built = build_policies(specs, arms, budget, seed, make_policy)
     except PolicyConfigError as e:
         _fail(str(e), 2)
@@ -182,7 +230,8 @@ def simulate(dataset_dir: str, alias: str | None, split: str | None, searches: i
         task = bar.add_task(f"simulating {searches} searches x {len(built)} policies", total=searches)
         try:
             result = run_simulation(stream, cache, model, built, SimulationConfig(budget=budget),
-                                    max_grade=max_grade, on_search=lambda t: bar.advance(task))
+                                    max_grade=max_grade, on_search=lambda t: bar.advance(task),
+                                    log_policies=(ope_logger,) if ope_logger else ())
         except SimulationError as e:
             _fail(str(e))
             return
@@ -210,6 +259,9 @@ def simulate(dataset_dir: str, alias: str | None, split: str | None, searches: i
                           f"q2e_memory took {_format(check['mean_took_ms'], '.2f')} ms")
         else:
             err.print(f"[yellow]Q2E check not run:[/] {escape(check['error'])}")
+    if ope_logger:
+        document["ope"] = simulated_ope(result, ope_logger, [x for x in built if x == "random" or "+" in x], budget)
+        console.print(ope_table(document["ope"]))
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(document, indent=1, default=float))

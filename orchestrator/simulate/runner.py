@@ -183,6 +183,7 @@ class SimulationResult:
     elapsed_seconds: float = 0.0
     observed: tuple[str, ...] = ()  # per search: the coarsened context a policy sees (segment | frequency)
     memories: dict[str, Q2EMemory] = field(default_factory=dict)  # policy -> its Q2E memory at the end
+    logs: dict[str, list[Any]] = field(default_factory=dict)  # policy -> its simulated search log (LoggedSearch)
 
     # ---- comparator ------------------------------------------------------------------------
     def context_types(self, by: str = "true") -> np.ndarray:
@@ -371,11 +372,12 @@ class SimulationResult:
 class _World:
     """One policy's simulated world: the policy, its Q2E memory, its records."""
 
-    def __init__(self, spec: str, policy: Policy, run: PolicyRun, q2e: Q2EConfig):
+    def __init__(self, spec: str, policy: Policy, run: PolicyRun, q2e: Q2EConfig, log: list[Any] | None = None):
         self.spec = spec
         self.policy = policy
         self.run = run
         self.memory = Q2EMemory(q2e)
+        self.log = log  # the policy's simulated search log (LoggedSearch), for off-policy evaluation
 
 
 @dataclass
@@ -501,6 +503,8 @@ class _Simulator:
         memory.observe(s.key, shown, self.click_model.examination_weights(clicked_mask), clicked, t)
         if not known:
             memory.predict(s.key, self.cache.predicted(s.text, self.config.q2e.predicted_top, self.fuser))
+        if world.log is not None:
+            world.log.append(_logged(world.spec, s, context, decision, results, shown, clicked))
         run.clicks[t] = len(clicked)
         run.expected[t] = self.click_model.expected_clicks(shown_levels)
         run.hit[t] = bool(union & s.relevant)
@@ -513,6 +517,22 @@ class _Simulator:
             run.arms_run[t, self.arm_index[a]] = b
         run.explored[t] = bool(decision.explored)
         run.credited[t] = sum(1 for v in rewards.values() if v > 0)
+
+
+def _logged(spec: str, s: _Search, context: Context, decision: Any, results: Sequence[StrategyResult],
+            shown: Sequence[str], clicked: Sequence[str]) -> Any:
+    """What the search log would hold for this search, with its reward: 1 when a clicked item was
+    among the candidates (``bandit.offline.union_reward`` with clicks as grade 1)."""
+    from ..bandit.offline import LoggedSearch, union_reward
+    from ..feedback.records import SearchRecord
+
+    record = SearchRecord(
+        search_id=f"{spec}-{s.t}", time=datetime.now(UTC), catalogue="simulation", query=s.text,
+        normalized=s.text, key=s.key, context=context.features.tolist(), context_version=context.version,
+        request={}, eligible=list(context.eligible), decision=decision.to_dict(),
+        arm_hits={r.strategy: [h.doc_id for h in r.hits] for r in results},
+        arm_status={r.strategy: r.status.value for r in results}, ranking=list(shown))
+    return LoggedSearch(record, union_reward(record, dict.fromkeys(clicked, 1.0)))
 
 
 def rrf_top(lists: Sequence[tuple[str, Sequence[str]]], k: float, limit: int) -> list[str]:
@@ -554,10 +574,12 @@ def arm_rewards(results: Sequence[StrategyResult], clicked: Sequence[str]) -> tu
 
 def run_simulation(stream: QueryStream, cache: CandidateCache, click_model: ClickModel,
                    policies: Mapping[str, Policy], config: SimulationConfig | None = None, *,
-                   max_grade: float | None = None, on_search: Callable[[int], None] | None = None) -> SimulationResult:
+                   max_grade: float | None = None, on_search: Callable[[int], None] | None = None,
+                   log_policies: Sequence[str] = ()) -> SimulationResult:
     """Run every policy over ``stream`` (see the module docstring). ``max_grade``: the collection's
     largest relevance grade (default: the largest in the stream's queries); ``on_search(t)`` is
-    called after each search (for progress)."""
+    called after each search (for progress); the searches of ``log_policies`` are kept as a
+    search log (``SimulationResult.logs``) for off-policy evaluation."""
     import time
 
     config = config or SimulationConfig()
@@ -573,7 +595,8 @@ def run_simulation(stream: QueryStream, cache: CandidateCache, click_model: Clic
     t0 = time.perf_counter()
     sim = _Simulator(stream, cache, click_model, config, float(max_grade))
     n = len(stream.searches)
-    worlds = [_World(spec, p, PolicyRun.empty(spec, n, len(sim.actions), len(sim.arms)), config.q2e)
+    worlds = [_World(spec, p, PolicyRun.empty(spec, n, len(sim.actions), len(sim.arms)), config.q2e,
+                     [] if spec in log_policies else None)
               for spec, p in policies.items()]
     for t in range(n):
         shared = sim.shared(t)
@@ -581,5 +604,7 @@ def run_simulation(stream: QueryStream, cache: CandidateCache, click_model: Clic
             sim.step(world, shared)
         if on_search is not None:
             on_search(t)
-    return SimulationResult(stream, sim.arms, sim.actions, {w.spec: w.run for w in worlds}, config, click_model,
-                            time.perf_counter() - t0, tuple(sim.observed), {w.spec: w.memory for w in worlds})
+    result = SimulationResult(stream, sim.arms, sim.actions, {w.spec: w.run for w in worlds}, config, click_model,
+                              time.perf_counter() - t0, tuple(sim.observed), {w.spec: w.memory for w in worlds})
+    result.logs = {w.spec: w.log for w in worlds if w.log is not None}
+    return result
