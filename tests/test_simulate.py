@@ -496,3 +496,30 @@ def test_cli_simulate_end_to_end_and_q2e_check(os_client, opensearch_url, tmp_pa
         assert os_client.cat.indices(index="ltrr-sim-check-*", format="json") == []  # the throwaway memory is gone
     finally:
         drop(os_client, alias)
+
+
+def test_a_simulated_search_log_gives_off_policy_estimates_near_the_simulated_truth():
+    """The logger's simulated searches, as the search log would hold them, estimate what uniform
+    random and a static pair earn on the same stream; the on-policy estimate is the logger's mean."""
+    from orchestrator.bandit.policies import make_policy
+    from orchestrator.simulate.command import simulated_ope
+
+    arms = tuple(a for a in ARMS if a != MEMORY_ARM)  # stationary: the targets' truth does not depend on a memory
+    stream, cache = _world(searches=2000, arms=arms)
+    budget = BudgetConfig()
+    specs = ["random", "static:bm25_popularity+knn"]
+    policies = build_policies(["epsilon:epsilon=0.5", *specs], arms, budget, 4, make_policy)
+    result = run_simulation(stream, cache, CascadeModel(), policies, SimulationConfig(budget=budget),
+                            log_policies=("epsilon:epsilon=0.5",))
+    assert set(result.logs) == {"epsilon:epsilon=0.5"} and len(result.logs["epsilon:epsilon=0.5"]) == 2000
+    record = result.logs["epsilon:epsilon=0.5"][0].record
+    assert record.decision is not None and record.context_version == "ctx-v1" and set(record.arm_hits) <= set(arms)
+    ope = simulated_ope(result, "epsilon:epsilon=0.5", specs, budget)
+    rows = {row["target"]: row for row in ope["targets"]}
+    logged = rows["logged"]
+    assert logged["ips"]["mean"] == pytest.approx(logged["truth"])
+    for spec in specs:
+        row = rows[spec]
+        assert row["status"] == "ok", row
+        assert row["ips"]["low"] <= row["truth"] <= row["ips"]["high"], row
+        assert abs(row["dr"]["mean"] - row["truth"]) < 0.05, row
