@@ -509,7 +509,7 @@ def _pipeline(index: str, with_encoder: bool = True, fusion: str = "rrf", strate
                    "field<=y / field<y (numeric fields), or a JSON object {\"field\": value | [values] | "
                    "{\"gte\": x}}. Fields: the catalogue's facet and numeric fields and entity_type.")
 @click.option("--policy", "policy_spec", default=None, metavar="POLICY",
-              help="Let a bandit policy choose the arms and budgets (linucb, thompson, epsilon, random, "
+              help="Let a bandit policy choose the arms and budgets (joint, linucb, thompson, epsilon, random, "
                    "static:a+b, all), acting on what it learned (ltrr learn); the search is logged for feedback.")
 @click.option("--device", default=None, help="Request context for the policy: desktop, mobile, tv...")
 @click.option("--locale", default=None, help="Request context for the policy, e.g. en-GB.")
@@ -724,7 +724,7 @@ def feedback_command(search_id: str, events: tuple[str, ...]) -> None:
 
 @main.command("learn")
 @click.option("--index", default="synthetic_music", show_default=True, help="Catalogue alias.")
-@click.option("--policy", "policy_spec", default="linucb", show_default=True,
+@click.option("--policy", "policy_spec", default="joint", show_default=True,
               help="The policy whose shared statistics learn (as given to ltrr search --policy).")
 @click.option("--window", type=click.FloatRange(0, 30 * 86_400, min_open=True), default=1800.0, show_default=True,
               help="Seconds after a search before its engagement is final (no engagement: reward 0).")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .bandit.base import Decision
+from .bandit.base import Decision, search_outcome
 from .bandit.context import Context
 
 # Cold start: a key without memory gets its final ranking's top items as predictions, p̂ falling
@@ -87,7 +87,8 @@ class LearningLoop:
                     context = Context(np.asarray(record.context, dtype=np.float64), tuple(record.eligible),
                                       record.context_version)
                     try:
-                        self.policy.update(context, Decision.from_dict(record.decision), f.rewards, f.engaged_ranks)
+                        self.policy.update(context, Decision.from_dict(record.decision), f.rewards, f.engaged_ranks,
+                                           outcome=search_outcome(f.engaged))
                         report.policy_updates += 1
                     except ValueError as e:  # e.g. a context of another schema version
                         report.errors.append(f"{record.search_id}: {e}")

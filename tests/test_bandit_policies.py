@@ -496,7 +496,7 @@ def test_make_policy_parses_specs_and_rejects_unknown_ones():
                               ("static:knn", StaticSubset)):
         policy = make_policy(spec, ARMS, BUDGET, 3)
         assert isinstance(policy, policy_type) and policy.name == spec
-    with pytest.raises(PolicyConfigError, match="linucb, thompson, epsilon, random, static"):
+    with pytest.raises(PolicyConfigError, match="linucb, thompson, epsilon, joint, random, static"):
         make_policy("ucb1", ARMS, BUDGET, 3)
     with pytest.raises(PolicyConfigError, match="settable: alpha"):
         make_policy("linucb:beta=1", ARMS, BUDGET, 3)

@@ -141,3 +141,27 @@ def test_searches_whose_arms_the_caller_fixed_never_update_the_policy(os_client,
         assert policy.statistics.total_pulls == 0
     finally:
         log.close()
+
+
+def test_the_joint_policy_learns_the_whole_searchs_outcome(os_client, catalogue):
+    alias, names = catalogue
+    plans = load_plans()
+    policy = make_policy("joint", list(plans), BudgetConfig(), CONTEXT_DIM, seed=2)
+    log = SearchLog(os_client, queries_index=names["queries"])
+    pipe = SearchPipeline(os_client, alias, plans, encoder=None, policy=policy, search_log=log)
+    store = FeedbackStore(os_client, log, events_index=names["events"])
+    try:
+        resp = pipe.search("good day")
+        assert resp.decision is not None and resp.decision.policy == "joint"
+        shown = [h.doc_id for h in resp.hits]
+        store.record(resp.search_id, [{"event_id": "j-1", "type": "play", "doc_id": shown[0]},
+                                      {"event_id": "j-2", "type": "click", "doc_id": shown[1]}])
+        log.flush()
+        report = LearningLoop(RewardJoiner(log, store, window_s=60), policy).step(
+            now=first_time(log, resp.search_id) + timedelta(seconds=61))
+        assert report.policy_updates == 1
+        action = "+".join(a for a in plans if a in resp.decision.arms)
+        stats = policy.statistics.arms[action]
+        assert stats.pulls == 1 and stats.reward_sum == pytest.approx((1.0 + 0.3) / 3)  # play + click, capped at 3
+    finally:
+        log.close()

@@ -319,7 +319,7 @@ class _Stub(Policy):
     def select(self, context: Context) -> Decision:
         return Decision({self.arm: self.budget}, {self.arm: 1.0}, 1.0, "stub")
 
-    def update(self, context, decision, rewards, engaged_ranks=None) -> None:
+    def update(self, context, decision, rewards, engaged_ranks=None, *, outcome=None) -> None:
         pass
 
     def expectations(self, context: Context) -> dict[str, float]:

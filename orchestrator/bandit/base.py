@@ -24,6 +24,14 @@ from .context import CONTEXT_VERSION, Context
 from .stats import PolicyStatistics
 
 DEFAULT_LEVELS = (10, 20, 50, 100)
+OUTCOME_CAP = 3.0  # engagement grades that make a search's outcome 1 (three plays, or ten clicks)
+
+
+def search_outcome(grades: Sequence[float] | Mapping[str, float]) -> float:
+    """A search's outcome in [0, 1]: the engagement grades of its distinct engaged items, summed
+    and capped at :data:`OUTCOME_CAP`, so a search with two plays beats one with one play."""
+    values = grades.values() if isinstance(grades, Mapping) else grades
+    return min(float(sum(values)), OUTCOME_CAP) / OUTCOME_CAP
 
 
 class PolicyConfigError(ValueError):
@@ -132,10 +140,11 @@ class Policy(ABC):
 
     @abstractmethod
     def update(self, context: Context, decision: Decision, rewards: Mapping[str, float],
-               engaged_ranks: Mapping[str, Sequence[int]] | None = None) -> None:
+               engaged_ranks: Mapping[str, Sequence[int]] | None = None, *, outcome: float | None = None) -> None:
         """Learn from one finished search: ``rewards`` per arm that ran (in [0, 1]; an arm that ran
         and is missing counts 0), ``engaged_ranks`` the within-arm ranks of engaged items (for
-        the budget model)."""
+        the budget model), ``outcome`` the whole search's engagement in [0, 1] (see
+        :func:`search_outcome`; policies over joint actions learn from it)."""
 
     @abstractmethod
     def expectations(self, context: Context) -> dict[str, float]:

@@ -438,10 +438,10 @@ class LinearPolicy(Policy):
         return dict(zip(eligible, np.clip(self._theta[index] @ x, 0.0, 1.0).tolist()))
 
     def update(self, context: Context, decision: Decision, rewards: Mapping[str, float],
-               engaged_ranks: Mapping[str, Sequence[int]] | None = None) -> None:
+               engaged_ranks: Mapping[str, Sequence[int]] | None = None, *, outcome: float | None = None) -> None:
         """Rank-one update of every arm that ran: A_a += x xᵀ, b_a += r_a·x (a missing reward is 0);
         ``engaged_ranks`` (1-based within-arm ranks) feed the arm's budget curve. Arms the policy
-        does not know yet are added first."""
+        does not know yet are added first. ``outcome`` is not used: these models learn per arm."""
         x = self._features(context)
         propensity = decision.propensity
         if isinstance(propensity, bool) or not isinstance(propensity, numbers.Real) or not 0 < propensity <= 1 + 1e-9:
@@ -753,7 +753,7 @@ class AllEligible(_FixedAction):
 
 # --- the factory ----------------------------------------------------------------------------------
 
-POLICY_SPECS = ("linucb", "thompson", "epsilon", "random", "static:<arm>+<arm>[...]", "all")
+POLICY_SPECS = ("linucb", "thompson", "epsilon", "joint", "random", "static:<arm>+<arm>[...]", "all")
 _LEARNERS: dict[str, tuple[Callable[..., LinearPolicy], type]] = {
     "linucb": (LinUCB, LinUCBConfig),
     "thompson": (LinearThompson, ThompsonConfig),
@@ -778,7 +778,7 @@ def _parse_overrides(kind: str, text: str, config_type: type) -> dict[str, Any]:
     return values
 
 
-def make_policy(spec: str, arms: Sequence[str], budget: BudgetConfig, dim: int, seed: int = 0) -> LinearPolicy:
+def make_policy(spec: str, arms: Sequence[str], budget: BudgetConfig, dim: int, seed: int = 0) -> Policy:
     """Build a policy from its spec.
 
     * ``linucb``, ``thompson``, ``epsilon``, ``random``: optionally with settings of their config,
@@ -790,6 +790,11 @@ def make_policy(spec: str, arms: Sequence[str], budget: BudgetConfig, dim: int, 
         raise PolicyConfigError(f"policy spec must be a non-empty string; valid: {', '.join(POLICY_SPECS)}")
     kind, _, rest = spec.strip().partition(":")
     kind = kind.strip().lower()
+    if kind == "joint":
+        from .joint import JointLinUCB, JointLinUCBConfig
+
+        return JointLinUCB(arms, budget, dim, JointLinUCBConfig(**_parse_overrides(kind, rest, JointLinUCBConfig)),
+                           seed=seed)
     if kind in _LEARNERS:
         policy_type, config_type = _LEARNERS[kind]
         return policy_type(arms, budget, dim, config_type(**_parse_overrides(kind, rest, config_type)), seed=seed)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import numpy as np
 
-DEFAULT_POLICIES = ("linucb", "thompson", "epsilon", "random")
+DEFAULT_POLICIES = ("joint", "linucb", "thompson", "epsilon", "random")
 
 
 def _levels(value: str) -> tuple[int, ...]:
@@ -105,8 +105,8 @@ def result_table(result: dict[str, Any]) -> Any:
 @click.option("--split", default=None, help="qrels split (default: test, else the first one).")
 @click.option("--searches", type=click.IntRange(1, 1_000_000), default=5000, show_default=True)
 @click.option("--policy", "policies", multiple=True, metavar="SPEC",
-              help="linucb, thompson, epsilon, random, static:<arm>[+<arm>...], all (with settings, e.g. "
-                   "linucb:alpha=1.0); repeatable. Default: linucb, thompson, epsilon, random.")
+              help="joint, linucb, thompson, epsilon, random, static:<arm>[+<arm>...], all (with settings, e.g. "
+                   "joint:alpha=0.2); repeatable. Default: joint, linucb, thompson, epsilon, random.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also run every single static arm and `all` on the same stream.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="RESULT.json (PNG plots are written beside it).")

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bandit.base import BudgetConfig, Decision, Policy
+from ..bandit.base import BudgetConfig, Decision, Policy, search_outcome
 from ..bandit.context import (
     CONTEXT_DIM,
     CONTEXT_FEATURES,
@@ -497,7 +497,7 @@ class _Simulator:
                 value = self._static_values[key] = self._expected(self._results(memory_hits, s, budgets), s)
             run.action_values[t, j] = value
         try:
-            world.policy.update(context, decision, rewards, ranks)
+            world.policy.update(context, decision, rewards, ranks, outcome=search_outcome([1.0] * len(clicked)))
         except Exception as e:
             raise SimulationError(f"policy {world.spec} failed to update at search {t}: {type(e).__name__}: {e}") from e
         memory.observe(s.key, shown, self.click_model.examination_weights(clicked_mask), clicked, t)

@@ -1,0 +1,235 @@
+"""A contextual bandit over joint actions: which arms run *together*, with their split.
+
+The per-arm policies (``policies.py``) model each arm's chance to hold an engaged item and pick
+the top m. That cannot see complementarity: when two arms run, the fused list shows mostly items
+both found, every arm that ran gets credit for the click, and the per-arm models cannot tell a
+pair that works (fuzzy + structured on a misspelled artist) from one that does not. Here each
+action A, a set of at most ``max_arms`` eligible arms with the even split of the total, has its
+own ridge model of the whole search's outcome (what the user engaged with, in [0, 1]):
+
+    u_A = θ̂_Aᵀx + α·‖L_A⁻¹x‖,   θ̂_A = (λI + Σ x xᵀ)⁻¹ Σ o·x  over the searches that took A,
+
+the best u_A is taken, and with probability ε (the floor) a uniform random action instead, so
+
+    P(A | x) = (1 − ε)·1[A = argmax] + ε/|𝒜(x)|,
+    P(arm a runs | x) = (1 − ε)·1[a ∈ argmax] + ε·|{A ∋ a}|/|𝒜(x)|.
+
+Actions are named ``"a+b"`` (arms in plan order) and their statistics are kept under those names
+in a :class:`~orchestrator.bandit.stats.PolicyStatistics`, so the shared state merges them like
+any other policy's. |𝒜| grows as C(K, ≤m): fine for the handful of arms a catalogue has.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg.lapack import get_lapack_funcs
+
+from .allocation import ActionKey, action_key
+from .base import BudgetConfig, Decision, Policy, PolicyConfigError
+from .context import Context
+from .stats import PolicyStatistics
+
+SEED_BOUND = 2**63 - 1
+_potrf, _potrs, _trtrs = get_lapack_funcs(("potrf", "potrs", "trtrs"), (np.zeros((1, 1)),))
+
+
+@dataclass(frozen=True)
+class JointLinUCBConfig:
+    """``alpha``: confidence width α ≥ 0; ``l2``: ridge prior λ > 0; ``floor``: ε in [0, 1]."""
+
+    alpha: float = 0.5
+    l2: float = 1.0
+    floor: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name, value, low, high, low_open in (("alpha", self.alpha, 0.0, math.inf, False),
+                                                 ("l2", self.l2, 0.0, math.inf, True),
+                                                 ("floor", self.floor, 0.0, 1.0, False)):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < low or value > high or (low_open and value == low):
+                raise PolicyConfigError(f"JointLinUCBConfig.{name} must be a number in "
+                                        f"{'(' if low_open else '['}{low}, {high}], got {value!r}")
+
+
+class JointLinUCB(Policy):
+    """LinUCB over joint actions (see the module docstring); ``update`` learns from ``outcome``."""
+
+    name = "joint"
+
+    def __init__(self, arms: Sequence[str], budget: BudgetConfig, dim: int, config: JointLinUCBConfig | None = None,
+                 *, seed: int = 0) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
+            raise PolicyConfigError(f"dim must be a positive integer, got {dim!r}")
+        self.config = config or JointLinUCBConfig()
+        self.budget = budget
+        self.dim = int(dim)
+        self._arms: list[str] = []
+        for arm in arms:
+            self.add_arm(arm)
+        self._stats = PolicyStatistics(self.dim, budget.levels)
+        self._delta = PolicyStatistics(self.dim, budget.levels)
+        self._ridge = self.config.l2 * np.eye(self.dim)
+        self._models: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # action -> (L, θ̂), refreshed lazily
+        self._rng = np.random.default_rng(seed)
+        self._snapshot_base = uuid.uuid4().hex[:12]
+        self._version = 0
+        self._actions: dict[tuple[str, ...], list[tuple[str, dict[str, int]]]] = {}
+
+    # -- arms, actions, statistics --
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return tuple(self._arms)
+
+    @property
+    def snapshot(self) -> str:
+        return f"{self._snapshot_base}.{self._version}"
+
+    @property
+    def statistics(self) -> PolicyStatistics:
+        return self._stats.copy()
+
+    def add_arm(self, arm: str) -> None:
+        if not isinstance(arm, str) or not arm:
+            raise ValueError(f"an arm name must be a non-empty string, got {arm!r}")
+        if arm not in self._arms:
+            self._arms.append(arm)
+            self._actions = {}
+
+    def take_delta(self) -> PolicyStatistics:
+        delta, self._delta = self._delta, self._stats.empty_like()
+        return delta
+
+    def load_statistics(self, stats: PolicyStatistics, snapshot: str | None = None) -> None:
+        if stats.dim != self.dim or tuple(stats.levels) != tuple(self.budget.levels):
+            raise ValueError(f"statistics of shape (d={stats.dim}, levels={tuple(stats.levels)}) do not fit this policy")
+        merged = stats.copy()
+        merged.merge(self._delta)
+        self._stats = merged
+        self._models.clear()
+        self._snapshot_base = snapshot or uuid.uuid4().hex[:12]
+        self._version = 0
+
+    def actions(self, eligible: Sequence[str]) -> list[tuple[str, dict[str, int]]]:
+        """(name, budgets) of every action over ``eligible``: each set of 1..max_arms arms with the
+        even split of the total (rounded down to a level; sets whose share is below the smallest
+        level are left out)."""
+        key = tuple(eligible)
+        cached = self._actions.get(key)
+        if cached is None:
+            levels, total = self.budget.levels, self.budget.total
+            order = {a: i for i, a in enumerate(self._arms)}
+            ranked = sorted(eligible, key=lambda a: order.get(a, len(order)))
+            cached = []
+            for size in range(1, min(self.budget.max_arms, len(ranked)) + 1):
+                fitting = [n for n in levels if n * size <= total]
+                if not fitting:
+                    break
+                for subset in itertools.combinations(ranked, size):
+                    cached.append(("+".join(subset), dict.fromkeys(subset, fitting[-1])))
+            self._actions[key] = cached
+        return cached
+
+    def _model(self, action: str) -> tuple[np.ndarray, np.ndarray]:
+        model = self._models.get(action)
+        if model is None:
+            stats = self._stats.arms.get(action)
+            if stats is None:
+                chol = math.sqrt(self.config.l2) * np.eye(self.dim)
+                model = (chol, np.zeros(self.dim))
+            else:
+                chol, info = _potrf(stats.gram + self._ridge, lower=1, clean=1)
+                if info != 0:
+                    chol = np.linalg.cholesky(stats.gram + self._ridge + 1e-8 * np.eye(self.dim))
+                model = (chol, _potrs(chol, stats.moment, lower=1)[0])
+            self._models[action] = model
+        return model
+
+    def _features(self, context: Context) -> np.ndarray:
+        x = np.asarray(context.features, dtype=np.float64)
+        if x.shape != (self.dim,):
+            raise ValueError(f"context has shape {x.shape}; this policy expects ({self.dim},)")
+        if not np.isfinite(x).all():
+            raise ValueError("context has non-finite values")
+        return x
+
+    def _scores(self, x: np.ndarray, actions: list[tuple[str, dict[str, int]]], bonus: bool = True) -> np.ndarray:
+        scores = np.empty(len(actions))
+        for i, (name, _) in enumerate(actions):
+            chol, theta = self._model(name)
+            scores[i] = theta @ x
+            if bonus:
+                whitened = _trtrs(chol, x, lower=1)[0]
+                scores[i] += self.config.alpha * math.sqrt(whitened @ whitened)
+        return scores
+
+    # -- the lifecycle --
+
+    def select(self, context: Context) -> Decision:
+        x = self._features(context)
+        eligible = tuple(context.eligible)
+        seed = int(self._rng.integers(SEED_BOUND))
+        actions = self.actions(eligible)
+        if not actions:
+            return Decision({}, {}, 1.0, self.name, self.snapshot, seed, self.budget.total, context.version)
+        best = int(np.argmax(self._scores(x, actions)))
+        eps, n = self.config.floor, len(actions)
+        choice, explored = best, False
+        if eps > 0:
+            rng = np.random.default_rng(seed)
+            if rng.random() < eps:
+                choice, explored = int(rng.integers(n)), True
+        propensity = (1 - eps) * (choice == best) + eps / n
+        containing = {a: sum(a in budgets for _, budgets in actions) for a in eligible}
+        inclusion = {a: (1 - eps) * (a in actions[best][1]) + eps * containing[a] / n for a in eligible}
+        budgets = {a: actions[choice][1].get(a, 0) for a in eligible}
+        return Decision(budgets, inclusion, propensity, self.name, self.snapshot, seed, self.budget.total,
+                        context.version, explored)
+
+    def action_probabilities(self, context: Context, *, seed: int | None = None,
+                             draws: int | None = None) -> dict[ActionKey, float]:
+        x = self._features(context)
+        actions = self.actions(tuple(context.eligible))
+        if not actions:
+            return {(): 1.0}
+        best = int(np.argmax(self._scores(x, actions)))
+        eps, n = self.config.floor, len(actions)
+        return {action_key(budgets): (1 - eps) * (i == best) + eps / n for i, (_, budgets) in enumerate(actions)}
+
+    def expectations(self, context: Context) -> dict[str, float]:
+        """Per eligible arm, the best expected outcome of an action that runs it."""
+        x = self._features(context)
+        actions = self.actions(tuple(context.eligible))
+        scores = np.clip(self._scores(x, actions, bonus=False), 0.0, 1.0) if actions else np.zeros(0)
+        return {a: max((float(s) for s, (_, b) in zip(scores, actions) if a in b), default=0.0)
+                for a in context.eligible}
+
+    def update(self, context: Context, decision: Decision, rewards: Mapping[str, float],
+               engaged_ranks: Mapping[str, Sequence[int]] | None = None, *, outcome: float | None = None) -> None:
+        """Learn the taken action's outcome (default: the largest arm reward, i.e. whether anything
+        engaged was among the candidates)."""
+        x = self._features(context)
+        if not 0 < decision.propensity <= 1 + 1e-9:
+            raise ValueError(f"decision propensity must be in (0, 1], got {decision.propensity!r}")
+        ran = decision.arms
+        if not ran:
+            return
+        value = max((float(v) for v in rewards.values()), default=0.0) if outcome is None else float(outcome)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"outcome must be in [0, 1], got {value!r}")
+        order = {a: i for i, a in enumerate(self._arms)}
+        for arm in ran:
+            self.add_arm(arm)
+        name = "+".join(sorted(ran, key=lambda a: order.get(a, len(order))))
+        outer = np.outer(x, x)
+        self._stats.arm(name).add(x, value, (), outer=outer)
+        self._delta.arm(name).add(x, value, (), outer=outer)
+        self._models.pop(name, None)
+        self._version += 1
