@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--arms", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--policies", nargs="+", default=["linucb", "thompson", "epsilon", "random"])
+    parser.add_argument("--policies", nargs="+", default=["joint", "linucb", "thompson", "epsilon", "random"])
     parser.add_argument("--total", type=int, default=100)
     parser.add_argument("--max-arms", type=int, default=2)
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads (1: no thread start-up per call)")

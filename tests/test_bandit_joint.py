@@ -134,3 +134,19 @@ def test_search_outcome_sums_grades_and_caps():
     assert search_outcome({"d1": 1.0}) == pytest.approx(1 / 3)
     assert search_outcome([1.0, 1.0, 1.0, 1.0]) == 1.0
     assert search_outcome([0.3, 0.3]) < search_outcome([1.0])
+
+
+def test_rank_one_updates_track_the_exact_ridge_solution():
+    """Between exact refactorings the inverse follows Sherman–Morrison; it must stay on the ridge
+    estimate (λI + Σxxᵀ)⁻¹Σox computed from the sums."""
+    policy = JointLinUCB(ARMS, BUDGET, 4, JointLinUCBConfig(l2=0.5), seed=3)
+    rng = np.random.default_rng(8)
+    for _ in range(700):
+        context = Context(np.array([1.0, *rng.random(3)]), ARMS)
+        decision = policy.select(context)
+        policy.update(context, decision, {}, outcome=float(rng.random()))
+    stats = policy.statistics
+    assert max(s.pulls for s in stats.arms.values()) > 128  # some action went through an exact refactoring
+    for name, s in stats.arms.items():
+        exact = np.linalg.solve(0.5 * np.eye(4) + s.gram, s.moment)
+        np.testing.assert_allclose(policy.theta(name), exact, rtol=1e-8, atol=1e-10)

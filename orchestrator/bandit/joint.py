@@ -37,7 +37,8 @@ from .context import Context
 from .stats import PolicyStatistics
 
 SEED_BOUND = 2**63 - 1
-_potrf, _potrs, _trtrs = get_lapack_funcs(("potrf", "potrs", "trtrs"), (np.zeros((1, 1)),))
+REFACTOR_EVERY = 128  # rank-one updates of an action's inverse between exact refactorings (no drift)
+_potrf, _potrs = get_lapack_funcs(("potrf", "potrs"), (np.zeros((1, 1)),))
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,15 @@ class JointLinUCB(Policy):
         self._stats = PolicyStatistics(self.dim, budget.levels)
         self._delta = PolicyStatistics(self.dim, budget.levels)
         self._ridge = self.config.l2 * np.eye(self.dim)
-        self._models: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # action -> (L, θ̂), refreshed lazily
+        # Per known action (index in _names): (λI + A)⁻¹ and θ̂, stacked so one batched product
+        # scores every action; refreshed only for the actions whose statistics changed.
+        self._names: list[str] = []
+        self._position: dict[str, int] = {}
+        self._inverse = np.zeros((0, self.dim, self.dim))
+        self._theta = np.zeros((0, self.dim))
+        self._dirty: set[int] = set()
+        self._updates: dict[int, int] = {}  # rank-one updates per action since the start
+        self._selection: dict[tuple[str, ...], np.ndarray] = {}
         self._rng = np.random.default_rng(seed)
         self._snapshot_base = uuid.uuid4().hex[:12]
         self._version = 0
@@ -102,6 +111,7 @@ class JointLinUCB(Policy):
         if arm not in self._arms:
             self._arms.append(arm)
             self._actions = {}
+            self._selection = {}
 
     def take_delta(self) -> PolicyStatistics:
         delta, self._delta = self._delta, self._stats.empty_like()
@@ -113,7 +123,9 @@ class JointLinUCB(Policy):
         merged = stats.copy()
         merged.merge(self._delta)
         self._stats = merged
-        self._models.clear()
+        for name in merged.arms:
+            self._register(name)
+        self._dirty = set(range(len(self._names)))
         self._snapshot_base = snapshot or uuid.uuid4().hex[:12]
         self._version = 0
 
@@ -137,20 +149,46 @@ class JointLinUCB(Policy):
             self._actions[key] = cached
         return cached
 
-    def _model(self, action: str) -> tuple[np.ndarray, np.ndarray]:
-        model = self._models.get(action)
-        if model is None:
-            stats = self._stats.arms.get(action)
+    def _register(self, action: str) -> int:
+        """The stack position of ``action``, added at the prior ((λI)⁻¹, θ̂ = 0) when new."""
+        i = self._position.get(action)
+        if i is None:
+            i = self._position[action] = len(self._names)
+            self._names.append(action)
+            self._inverse = np.concatenate((self._inverse, (np.eye(self.dim) / self.config.l2)[None]))
+            self._theta = np.concatenate((self._theta, np.zeros((1, self.dim))))
+            if action in self._stats.arms:
+                self._dirty.add(i)
+        return i
+
+    def _refresh(self) -> None:
+        """(λI + A)⁻¹ by Cholesky (jitter if needed) and θ̂ for the actions that changed: O(d³) each."""
+        for i in self._dirty:
+            stats = self._stats.arms.get(self._names[i])
             if stats is None:
-                chol = math.sqrt(self.config.l2) * np.eye(self.dim)
-                model = (chol, np.zeros(self.dim))
-            else:
-                chol, info = _potrf(stats.gram + self._ridge, lower=1, clean=1)
-                if info != 0:
-                    chol = np.linalg.cholesky(stats.gram + self._ridge + 1e-8 * np.eye(self.dim))
-                model = (chol, _potrs(chol, stats.moment, lower=1)[0])
-            self._models[action] = model
-        return model
+                continue
+            a = stats.gram + self._ridge
+            chol, info = _potrf(a, lower=1, clean=1)
+            if info != 0:
+                chol = np.linalg.cholesky(a + 1e-8 * max(1.0, float(np.trace(a)) / self.dim) * np.eye(self.dim))
+            inverse = _potrs(chol, np.eye(self.dim), lower=1)[0]
+            self._inverse[i] = inverse
+            self._theta[i] = inverse @ stats.moment
+        self._dirty.clear()
+
+    def _positions(self, actions: list[tuple[str, dict[str, int]]], eligible: tuple[str, ...]) -> np.ndarray:
+        positions = self._selection.get(eligible)
+        if positions is None:
+            positions = self._selection[eligible] = np.array([self._register(n) for n, _ in actions], dtype=np.intp)
+        return positions
+
+    def theta(self, action: str) -> np.ndarray:
+        """θ̂ of ``action`` ("a+b"), (d,): the ridge estimate the policy acts on."""
+        if action not in self._position:
+            raise KeyError(f"unknown action {action!r}; known: {self._names}")
+        if self._dirty:
+            self._refresh()
+        return self._theta[self._position[action]].copy()
 
     def _features(self, context: Context) -> np.ndarray:
         x = np.asarray(context.features, dtype=np.float64)
@@ -160,15 +198,17 @@ class JointLinUCB(Policy):
             raise ValueError("context has non-finite values")
         return x
 
-    def _scores(self, x: np.ndarray, actions: list[tuple[str, dict[str, int]]], bonus: bool = True) -> np.ndarray:
-        scores = np.empty(len(actions))
-        for i, (name, _) in enumerate(actions):
-            chol, theta = self._model(name)
-            scores[i] = theta @ x
-            if bonus:
-                whitened = _trtrs(chol, x, lower=1)[0]
-                scores[i] += self.config.alpha * math.sqrt(whitened @ whitened)
-        return scores
+    def _scores(self, x: np.ndarray, actions: list[tuple[str, dict[str, int]]], eligible: tuple[str, ...],
+                bonus: bool = True) -> np.ndarray:
+        """u_A of ``actions`` (in order): one batched product over the stacked models."""
+        positions = self._positions(actions, eligible)
+        if self._dirty:
+            self._refresh()
+        means = self._theta @ x
+        if not bonus:
+            return means[positions]
+        widths = np.sqrt(np.maximum((self._inverse @ x) @ x, 0.0))
+        return (means + self.config.alpha * widths)[positions]
 
     # -- the lifecycle --
 
@@ -179,7 +219,7 @@ class JointLinUCB(Policy):
         actions = self.actions(eligible)
         if not actions:
             return Decision({}, {}, 1.0, self.name, self.snapshot, seed, self.budget.total, context.version)
-        best = int(np.argmax(self._scores(x, actions)))
+        best = int(np.argmax(self._scores(x, actions, eligible)))
         eps, n = self.config.floor, len(actions)
         choice, explored = best, False
         if eps > 0:
@@ -196,18 +236,20 @@ class JointLinUCB(Policy):
     def action_probabilities(self, context: Context, *, seed: int | None = None,
                              draws: int | None = None) -> dict[ActionKey, float]:
         x = self._features(context)
-        actions = self.actions(tuple(context.eligible))
+        eligible = tuple(context.eligible)
+        actions = self.actions(eligible)
         if not actions:
             return {(): 1.0}
-        best = int(np.argmax(self._scores(x, actions)))
+        best = int(np.argmax(self._scores(x, actions, eligible)))
         eps, n = self.config.floor, len(actions)
         return {action_key(budgets): (1 - eps) * (i == best) + eps / n for i, (_, budgets) in enumerate(actions)}
 
     def expectations(self, context: Context) -> dict[str, float]:
         """Per eligible arm, the best expected outcome of an action that runs it."""
         x = self._features(context)
-        actions = self.actions(tuple(context.eligible))
-        scores = np.clip(self._scores(x, actions, bonus=False), 0.0, 1.0) if actions else np.zeros(0)
+        eligible = tuple(context.eligible)
+        actions = self.actions(eligible)
+        scores = np.clip(self._scores(x, actions, eligible, bonus=False), 0.0, 1.0) if actions else np.zeros(0)
         return {a: max((float(s) for s, (_, b) in zip(scores, actions) if a in b), default=0.0)
                 for a in context.eligible}
 
@@ -231,5 +273,13 @@ class JointLinUCB(Policy):
         outer = np.outer(x, x)
         self._stats.arm(name).add(x, value, (), outer=outer)
         self._delta.arm(name).add(x, value, (), outer=outer)
-        self._models.pop(name, None)
+        i = self._register(name)
+        self._updates[i] = self._updates.get(i, 0) + 1
+        if i in self._dirty or self._updates[i] % REFACTOR_EVERY == 0:
+            self._dirty.add(i)  # refactored from the sums at the next use
+        else:  # Sherman–Morrison, O(d²): (M + xxᵀ)⁻¹ = M⁻¹ − (M⁻¹x)(M⁻¹x)ᵀ / (1 + xᵀM⁻¹x)
+            inverse = self._inverse[i]
+            v = inverse @ x
+            inverse -= np.outer(v, v) / (1.0 + x @ v)
+            self._theta[i] = inverse @ self._stats.arms[name].moment
         self._version += 1
