@@ -453,16 +453,9 @@ def plans_sync() -> None:
 
 
 def _missing_scripts(client, plans_) -> list[str]:
-    """Script ids of plans not stored in the cluster (a read: one get_script per plan)."""
-    from opensearchpy.exceptions import NotFoundError
+    from .strategies import missing_scripts
 
-    missing = []
-    for plan in plans_:
-        try:
-            client.get_script(id=plan.script_id)
-        except NotFoundError:
-            missing.append(plan.script_id)
-    return missing
+    return missing_scripts(client, plans_)
 
 
 def _pipeline(index: str, with_encoder: bool = True, fusion: str = "rrf", strategies=None,

@@ -563,3 +563,14 @@ def _to_result(call: StrategyCall, response: Mapping[str, Any]) -> StrategyResul
     hits = tuple(Hit(h["_id"], rank, float(h.get("_score") or 0.0))
                  for rank, h in enumerate(response.get("hits", {}).get("hits", [])[: call.budget], start=1))
     return StrategyResult(call.plan, hits, call.budget, took)
+
+
+def missing_scripts(client: OpenSearch, plans: Sequence[QueryPlan]) -> list[str]:
+    """Script ids of ``plans`` not stored in the cluster (a read: one get_script per plan)."""
+    missing = []
+    for plan in plans:
+        try:
+            client.get_script(id=plan.script_id)
+        except NotFoundError:
+            missing.append(plan.script_id)
+    return missing
