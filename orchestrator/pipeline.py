@@ -139,6 +139,19 @@ class SearchPipeline:
             self.dictionary_cache = DictionaryCache(self.client)
         self.query_counts = QueryCounts()
 
+    def reload_plans(self, plans: Mapping[str, QueryPlan] | None = None) -> list[str]:
+        """Swap in the plans of the plans directory (or ``plans``) without a restart: a new YAML file
+        becomes a new arm, which the policy starts learning at its prior. Returns the new plan ids.
+        Their scripts must be stored first (``sync_plans``); searches in flight finish on the old set."""
+        new = dict(plans) if plans is not None else load_plans()
+        added = [name for name in new if name not in self.plans]
+        self.executor = StrategyExecutor(self.client, new, margin_ms=self.executor.margin_ms)
+        self.plans = new
+        if self.policy is not None:
+            for name in added:
+                self.policy.add_arm(name)
+        return added
+
     # ---- catalogue metadata --------------------------------------------------------------
     def catalogue(self) -> CatalogueInfo:
         """The catalogue's recorded facts (read once from the index mapping's _meta)."""

@@ -165,3 +165,29 @@ def test_the_joint_policy_learns_the_whole_searchs_outcome(os_client, catalogue)
         assert stats.pulls == 1 and stats.reward_sum == pytest.approx((1.0 + 0.3) / 3)  # play + click, capped at 3
     finally:
         log.close()
+
+
+def test_a_new_plan_file_becomes_a_new_arm_without_a_restart(os_client, catalogue, tmp_path):
+    import shutil
+
+    from orchestrator.strategies import load_plan, plans_dir
+
+    alias, names = catalogue
+    plans = load_plans()
+    policy = make_policy("joint", list(plans), BudgetConfig(), CONTEXT_DIM, seed=5)
+    pipe = SearchPipeline(os_client, alias, plans, encoder=None, policy=policy)
+    directory = tmp_path / "plans"
+    shutil.copytree(plans_dir(), directory, ignore=shutil.ignore_patterns("__*"))
+    text = (directory / "fuzzy.yaml").read_text().replace("id: fuzzy", "id: fuzzy_titles", 1)
+    (directory / "fuzzy_titles.yaml").write_text(text)
+    new_plan = load_plan(directory / "fuzzy_titles.yaml")
+    sync_plans(os_client, {"fuzzy_titles": new_plan})
+    assert "fuzzy_titles" not in pipe.eligible_arms(pipe.understander().understand("good times"))[0]
+
+    assert pipe.reload_plans(load_plans(directory)) == ["fuzzy_titles"]
+    assert "fuzzy_titles" in policy.arms
+    resp = pipe.search("good times")
+    assert resp.context is not None and "fuzzy_titles" in resp.context.eligible
+    assert resp.decision is not None and set(resp.decision.budgets) == set(resp.context.eligible)
+    fixed = pipe.search("good times", strategies=["fuzzy_titles"])
+    assert fixed.strategy_results[0].ok and fixed.hits
