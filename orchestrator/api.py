@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000  # a gateway's default; the pipeline itself takes up to 10,000
 MAX_SIZE = 100
+# Spooled feedback whose search is unknown at delivery may belong to a search still in another
+# process's log buffer: it is retried for this long, then dropped (counted and logged).
+SPOOL_UNKNOWN_SEARCH_GRACE_S = 60.0
+SPOOL_MAX_DEFERRALS = 3  # deliveries OpenSearch answered but refused, before the events are dropped
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,7 +93,8 @@ class OrchestratorSettings(BaseSettings):
     reward_window_s: float = Field(1800.0, gt=0, le=365 * 86_400)
     learn_interval_s: float = Field(30.0, gt=0, description="how often the service runs a learning step")
     sync_interval_s: float = Field(5.0, gt=0, description="how often the policy merges with the shared state")
-    spool_dir: str | None = Field(None, description="feedback spool directory (default: $LTRR_HOME/spool)")
+    spool_dir: str | None = Field(None, description="feedback spool directory, one per process (default: "
+                                                    "$LTRR_HOME/spool/<index>)")
     spool_max_events: int = Field(100_000, ge=1, le=100_000_000)
     auth_token: SecretStr | None = Field(None, description="bearer token the HTTP service requires (none: open)")
     rate_limit_per_s: float | None = Field(None, gt=0, description="requests per second per client (none: no limit)")
@@ -261,8 +266,15 @@ class Orchestrator:
                                max_pending=settings.search_log_max_pending) if settings.search_log else None
         memory = Q2EMemory(client, settings.index)
         feedback_store = FeedbackStore(client, search_log) if search_log is not None else None
+        spool = None
+        if feedback_store is not None:  # opened on first use: a process that never spools never locks it
+            from .config import ltrr_home
+            from .feedback.spool import Spool
+
+            spool = Spool(settings.spool_dir or ltrr_home() / "spool" / settings.index,
+                          max_events=settings.spool_max_events)
         orch = cls(settings, pipeline, policy=policy, search_log=search_log, feedback_store=feedback_store,
-                   memory=memory, shared=shared, shared_key=key)
+                   memory=memory, shared=shared, shared_key=key, spool=spool)
         pipeline.policy, pipeline.search_log, pipeline.memory = policy, search_log, memory
         orch.refresh_model()
         try:  # what other processes learned; an unreachable cluster starts at the prior
@@ -336,11 +348,22 @@ class Orchestrator:
             raise NotFound(str(e), reason=getattr(e, "reason", "unknown")) from None
         except FeedbackError as e:
             raise BadRequest(str(e)) from None
-        except FeedbackStoreError as e:
-            if self.spool is not None:
+        except Exception as e:  # OpenSearch failed: unreachable -> spool; a real 4xx -> the caller's error
+            from .feedback.spool import SpoolError, SpoolFull, is_client_error
+
+            if not isinstance(e, FeedbackStoreError) and not _is_unreachable(e):
+                raise
+            if is_client_error(e):
+                raise BadRequest(f"OpenSearch refused the feedback: {e}") from None
+            if self.spool is None:
+                raise Unavailable(f"feedback not stored: {e}") from None
+            try:
                 spooled = self.spool.put(req.search_id, payload)
-                return FeedbackOut(search_id=req.search_id, accepted=0, duplicates=0, spooled=spooled)
-            raise Unavailable(f"feedback not stored: {e}") from None
+            except SpoolFull as full:
+                raise Unavailable(str(full), retry_after_s=30) from None
+            except SpoolError as failed:
+                raise Unavailable(f"feedback neither stored ({e}) nor spooled ({failed})") from None
+            return FeedbackOut(search_id=req.search_id, accepted=0, duplicates=0, spooled=spooled)
         return FeedbackOut(search_id=req.search_id, accepted=receipt.accepted_count, duplicates=receipt.duplicate_count)
 
     # ---- learning ----------------------------------------------------------------------------
@@ -352,12 +375,57 @@ class Orchestrator:
 
         if self.search_log is None or self.feedback_store is None:
             raise BadRequest("this orchestrator keeps no search log: nothing to learn from")
+        self.drain_spool()  # spooled feedback first, so it counts before its searches are finalized
         if self._learning is None:
             joiner = RewardJoiner(self.search_log, self.feedback_store, window_s=self.settings.reward_window_s)
             self._learning = LearningLoop(joiner, _Locked(self.policy, self.lock), self.memory, None, "")
         report = self._learning.step(now)
         self.sync()
         return report
+
+    def drain_spool(self, max_lines: int | None = None) -> int:
+        """Deliver feedback spooled while OpenSearch was unreachable (oldest first, validated now);
+        returns the events delivered (stored, or found stored before). Stops quietly at the first
+        delivery OpenSearch cannot take; events it refuses (unknown search, a document not shown)
+        are dropped, counted and logged. Safe to call often: an empty spool costs a directory listing."""
+        from .feedback.spool import SpoolError
+
+        if self.spool is None or self.feedback_store is None:
+            return 0
+        try:
+            report = self.spool.drain(self._deliver_spooled, max_lines=max_lines)
+        except SpoolError as e:  # e.g. another process owns that directory (and delivers it)
+            log.warning("feedback spool not drained: %s", e)
+            return 0
+        if report.stopped:
+            log.info("feedback spool: %d events delivered, %d wait (%s)", report.delivered, report.remaining,
+                     report.stopped)
+        return report.delivered
+
+    def _deliver_spooled(self, entry: Any) -> None:
+        from .feedback.events import UnknownSearchError
+        from .feedback.records import FeedbackError
+        from .feedback.spool import DeferDelivery, RefusedDelivery, is_unreachable
+
+        assert self.feedback_store is not None
+        try:
+            self.feedback_store.record(entry.search_id, entry.events)
+        except UnknownSearchError as e:
+            # Maybe its record is still in another process's log buffer: wait a little, not forever.
+            waited = (datetime.now(UTC) - entry.deferred_since).total_seconds() if entry.deferred_since else 0.0
+            if e.reason == "unknown" and waited < SPOOL_UNKNOWN_SEARCH_GRACE_S:
+                raise DeferDelivery(str(e)) from None
+            raise RefusedDelivery(str(e)) from None
+        except FeedbackError as e:
+            raise RefusedDelivery(str(e)) from None
+        except Exception as e:
+            if is_unreachable(e):
+                raise  # stops the drain: the line stays for the next one
+            # OpenSearch answered but refused some events (or something else broke): a few more
+            # tries at later drains, then dropped, so one bad line never blocks the spool.
+            if entry.attempts < SPOOL_MAX_DEFERRALS:
+                raise DeferDelivery(f"{type(e).__name__}: {e}") from None
+            raise RefusedDelivery(f"not stored after {entry.attempts + 1} tries: {type(e).__name__}: {e}") from None
 
     def sync(self) -> None:
         """Merge the policy's new statistics with the shared state (other workers' too)."""
@@ -398,6 +466,8 @@ class Orchestrator:
             self.sync()
         except Exception as e:
             log.warning("policy statistics not merged at shutdown: %s", e)
+        if self.spool is not None:  # what it holds stays on disk for the next start
+            self.spool.close()
 
     def __enter__(self) -> Orchestrator:
         return self

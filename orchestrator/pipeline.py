@@ -253,7 +253,8 @@ class SearchPipeline:
         has_memory = False
         if self.memory is not None:
             try:
-                has_memory = bool(self.memory.has_key(u.key))
+                # A short timeout of its own: a stalled node must cost a search its deadline, not the client's.
+                has_memory = bool(self.memory.has_key(u.key, timeout_s=min(self.timeout_ms, 100) / 1000))
             except Exception:  # the memory's health never costs the search
                 has_memory = False
         context = Context.build(u, eligible, request=request, q2e_key_exists=has_memory,
