@@ -275,7 +275,8 @@ class Orchestrator:
                           max_events=settings.spool_max_events)
         orch = cls(settings, pipeline, policy=policy, search_log=search_log, feedback_store=feedback_store,
                    memory=memory, shared=shared, shared_key=key, spool=spool)
-        pipeline.policy, pipeline.search_log, pipeline.memory = policy, search_log, memory
+        # The pipeline's choices go through the lock (microseconds); the round trips run concurrently.
+        pipeline.policy, pipeline.search_log, pipeline.memory = _locked(policy, orch.lock), search_log, memory
         orch.refresh_model()
         try:  # what other processes learned; an unreachable cluster starts at the prior
             stored = shared.read(key)
@@ -316,9 +317,8 @@ class Orchestrator:
         budgets = dict(req.budgets) if req.budgets else None
         t0 = time.perf_counter()
         try:
-            with self.lock if self.policy is not None and budgets is None and not req.strategies else _NoLock():
-                resp = self.pipeline.search(req.query, strategies=req.strategies, budgets=budgets, size=req.size,
-                                            filters=req.filters, explain=req.explain, request=context)
+            resp = self.pipeline.search(req.query, strategies=req.strategies, budgets=budgets, size=req.size,
+                                        filters=req.filters, explain=req.explain, request=context)
         except QueryError as e:
             raise BadRequest(str(e)) from None
         except (ConnectionError, TimeoutError) as e:
@@ -378,7 +378,7 @@ class Orchestrator:
         self.drain_spool()  # spooled feedback first, so it counts before its searches are finalized
         if self._learning is None:
             joiner = RewardJoiner(self.search_log, self.feedback_store, window_s=self.settings.reward_window_s)
-            self._learning = LearningLoop(joiner, _Locked(self.policy, self.lock), self.memory, None, "")
+            self._learning = LearningLoop(joiner, _locked(self.policy, self.lock), self.memory, None, "")
         report = self._learning.step(now)
         self.sync()
         return report
@@ -476,23 +476,37 @@ class Orchestrator:
         self.close()
 
 
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
+def _locked(policy: Any, lock: Any) -> Any:
+    from .bandit.base import Policy
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
+    class Locked(Policy):
+        """A policy whose every call runs under the orchestrator's lock: concurrent searches
+        select while the learning step updates and the sync loads merged statistics (policies
+        are not thread-safe; each call takes microseconds)."""
 
+        name = policy.name
 
-class _Locked:
-    """A policy whose update runs under the orchestrator's lock (searches select concurrently)."""
+        @property
+        def arms(self) -> tuple[str, ...]:
+            return policy.arms
 
-    def __init__(self, policy: Any, lock: Any):
-        self._policy, self._lock = policy, lock
+        def select(self, context: Any) -> Any:
+            with lock:
+                return policy.select(context)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        with self._lock:
-            self._policy.update(*args, **kwargs)
+        def update(self, *args: Any, **kwargs: Any) -> None:
+            with lock:
+                policy.update(*args, **kwargs)
+
+        def expectations(self, context: Any) -> dict[str, float]:
+            with lock:
+                return policy.expectations(context)
+
+        def add_arm(self, arm: str) -> None:
+            with lock:
+                policy.add_arm(arm)
+
+    return Locked()
 
 
 def _validated(model: type[BaseModel], data: Any) -> Any:

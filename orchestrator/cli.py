@@ -1147,6 +1147,10 @@ from .simulate.command import simulate  # noqa: E402  (the command module import
 
 main.add_command(simulate)
 
+from .service.command import serve  # noqa: E402
+
+main.add_command(serve)
+
 
 if __name__ == "__main__":
     main()

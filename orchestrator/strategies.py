@@ -106,7 +106,7 @@ class ParamSpec:
                 raise ParamError(f"{self.name}: expected a list of objects")
             return [dict(v) for v in value]
         if t == "vector":
-            if not isinstance(value, (list, tuple, np.ndarray)):
+            if not isinstance(value, (list, tuple, np.ndarray)) or (isinstance(value, np.ndarray) and value.ndim != 1):
                 raise ParamError(f"{self.name}: expected a list of numbers, got {type(value).__name__}")
             if len(value) == 0:
                 return []
@@ -122,10 +122,13 @@ class ParamSpec:
                 raise ParamError(f"{self.name}: expected {self.dimension or 'a list of'} numbers, got shape {arr.shape}")
             if not np.isfinite(arr).all():
                 raise ParamError(f"{self.name}: vector has non-finite values")
-            # Six decimals keep cosine exact to ~1e-6 and halve the JSON the node must parse.
+            # Six decimals keep cosine exact to ~1e-6 and halve the JSON the node must parse (values
+            # near the float limit would overflow the rounding: they are no embedding anyway).
+            if np.abs(arr).max() > 1e300:
+                raise ParamError(f"{self.name}: vector values beyond ±1e300")
             return np.round(arr, 6).tolist()
         if t == "key":
-            if value in (None, ""):
+            if value is None or (isinstance(value, str) and value == ""):
                 return ""
             if not isinstance(value, str) or not _KEY_RE.match(value):
                 raise ParamError(f"{self.name}: {value!r} is not a query key (q_ + 16 hex digits)")

@@ -682,7 +682,7 @@ class QueryUnderstander:
                 oov = _oov_fraction(tokens, dictionary.vocabulary)
             except Exception:
                 # A broken dictionary costs the slots, not the search.
-                log.exception("facet matching failed for %r", normalized)
+                log.exception("facet matching failed for a query of %d characters", len(normalized))  # no query text in logs
                 slots, oov = (), 0.0
         covered = set()
         for slot in slots:
