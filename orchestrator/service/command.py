@@ -97,6 +97,8 @@ def serve(index: str | None, port: int, host: str, workers: int, policy: str | N
 
     import uvicorn
 
+    if workers > 1:
+        _keep_tcp_nodelay()
     try:
         uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers,
                     log_config=logging_config(log_level, log_queries=settings.log_queries), access_log=False,
@@ -104,6 +106,30 @@ def serve(index: str | None, port: int, host: str, workers: int, policy: str | N
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _keep_tcp_nodelay() -> None:
+    """With several workers uvicorn binds the listening socket itself, without its protocol number,
+    so asyncio does not set TCP_NODELAY on accepted connections and every response waits ~40 ms for
+    a delayed ACK (uvicorn issue 3149). Rebuild the socket with IPPROTO_TCP on the same descriptor."""
+    import socket
+
+    import uvicorn.config
+
+    original = uvicorn.config.Config.bind_socket
+    if getattr(original, "_ltrr_nodelay", False):
+        return
+
+    def bind_socket(self: Any) -> socket.socket:
+        sock = original(self)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+            fixed = socket.socket(sock.family, socket.SOCK_STREAM, socket.IPPROTO_TCP, fileno=sock.detach())
+            fixed.set_inheritable(True)
+            return fixed
+        return sock
+
+    bind_socket._ltrr_nodelay = True  # type: ignore[attr-defined]
+    uvicorn.config.Config.bind_socket = bind_socket  # type: ignore[method-assign]
 
 
 def _check_policy(settings: Any) -> None:
