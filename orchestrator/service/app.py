@@ -385,6 +385,9 @@ class BackgroundWork:
 
     def _learn(self) -> str:
         orch = self.orchestrator
+        # A model activated meanwhile (ltrr ltr train / rollback) serves from now on; a deleted one
+        # stops costing every search a failing rerank request.
+        orch.refresh_model()
         if orch.search_log is None or orch.feedback_store is None:
             return "skipped"
         report = orch.learn()
