@@ -378,7 +378,8 @@ class Orchestrator:
         self.drain_spool()  # spooled feedback first, so it counts before its searches are finalized
         if self._learning is None:
             joiner = RewardJoiner(self.search_log, self.feedback_store, window_s=self.settings.reward_window_s)
-            self._learning = LearningLoop(joiner, _locked(self.policy, self.lock), self.memory, None, "")
+            self._learning = LearningLoop(joiner, _locked(self.policy, self.lock), self.memory, None, "",
+                                          catalogue=self.settings.index)
         report = self._learning.step(now)
         self.sync()
         return report

@@ -734,7 +734,7 @@ def learn(index: str, policy_spec: str, window: float, max_searches: int | None)
     parts = _learning(pipe, policy_spec, seed=0)
     try:
         joiner = RewardJoiner(parts.search_log, FeedbackStore(pipe.client, parts.search_log), window_s=window)
-        loop = LearningLoop(joiner, parts.policy, parts.memory, parts.shared, parts.shared_key)
+        loop = LearningLoop(joiner, parts.policy, parts.memory, parts.shared, parts.shared_key, catalogue=index)
         report = loop.step(max_searches=max_searches)
     finally:
         parts.close()
@@ -865,20 +865,36 @@ def _parse_budgets(spec: str | None, names: list[str], default: int) -> dict[str
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Add the textbook anchors (rank_bm25 BM25, exact cosine, their RRF) to the table.")
 @click.option("--group-by", default=None, help="A query field (e.g. intent) to break results down by.")
-@click.option("--rerank", "rerank_spec", default=None, metavar="cv:K",
-              help="Add the union reranked by the LTR plugin, out of sample: K folds of queries, each "
-                   "reranked by a model trained on the others (needs the LTR plugin).")
+@click.option("--rerank", "rerank_spec", default=None, metavar="cv:K|train",
+              help="cv:K: add the union reranked by the LTR plugin, out of sample (K folds of queries, each "
+                   "reranked by a model trained on the others). train: train a model on the training queries and "
+                   "add every arm, the union and each --policy reranked by it, on the test queries (needs the LTR "
+                   "plugin).")
+@click.option("--policy", "policies", multiple=True, metavar="SPEC",
+              help="Add a bandit policy (joint, linucb, ...; repeatable), warmed up on simulated searches of the "
+                   "training queries, measured on the test queries.")
+@click.option("--full", is_flag=True, help="The full offline report: --policy joint --rerank train.")
+@click.option("--train-fraction", type=click.FloatRange(0.05, 0.95), default=0.5, show_default=True,
+              help="With --policy or --rerank train: the share of judged queries to learn on (the rest are measured).")
+@click.option("--warmup", type=click.IntRange(1, 1_000_000), default=2000, show_default=True,
+              help="With --policy: simulated searches of the training queries before the policy is measured.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="With --policy or --rerank train: seed of the split, the simulated users and the policies.")
 @click.option("--limit-queries", type=click.IntRange(1), default=None)
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write results as JSON here (with per-query values) and TREC run files beside it.")
 def evaluate(dataset_dir: str | None, offline: bool, targets: tuple[str, ...], bootstrap: int, alias: str | None,
              split: str | None, budget: int, budget_spec: str | None,
              fusion: str, rrf_k: float, normalization: str, baselines: bool, group_by: str | None,
-             rerank_spec: str | None, limit_queries: int | None, out: str | None) -> None:
+             rerank_spec: str | None, policies: tuple[str, ...], full: bool, train_fraction: float, warmup: int,
+             seed: int, limit_queries: int | None, out: str | None) -> None:
     """nDCG@10, R@100 and RR@10 (trec_eval's) of each strategy alone, of their fused union and of
     the textbook anchors, on the qrels of DATASET_DIR, with a paired t-test against the best
-    strategy. With --offline (no DATASET_DIR): what other retrieval policies would have earned on
-    the searches logged for the catalogue --index, estimated from the logged propensities."""
+    strategy. With --full (or --policy / --rerank train): the judged queries are split, a bandit is
+    warmed up and a reranker trained on the training part, and every arm, the union and the bandit
+    are measured on the test part with and without the rerank. With --offline (no DATASET_DIR):
+    what other retrieval policies would have earned on the searches logged for the catalogue
+    --index, estimated from the logged propensities."""
     import json as jsonlib
     from pathlib import Path
 
@@ -906,12 +922,32 @@ def evaluate(dataset_dir: str | None, offline: bool, targets: tuple[str, ...], b
                   f"{escape(', '.join(f'{k}: {v}' for k, v in list(not_limit.items())[:3]))}); see --out for all")
     if not queries:
         _fail("no query to evaluate (no judged query with text and a positive judgment)", 2)
+    if full:
+        policies = policies or ("joint",)
+        rerank_spec = rerank_spec or "train"
     rerank_folds = None
-    if rerank_spec is not None:
+    rerank_train = rerank_spec == "train"
+    if rerank_spec is not None and not rerank_train:
         kind, _, k = rerank_spec.partition(":")
         if kind != "cv" or not k.isdigit() or not 2 <= int(k) <= len(queries):
-            _fail(f"--rerank {rerank_spec!r}: use cv:K with 2 <= K <= {len(queries)} (the number of queries)", 2)
+            _fail(f"--rerank {rerank_spec!r}: use train, or cv:K with 2 <= K <= {len(queries)} (the number of "
+                  "queries)", 2)
         rerank_folds = int(k)
+    learning = None
+    if policies or rerank_train:
+        from .evaluate import LearningSpec, split_queries
+
+        if rerank_folds:
+            _fail("--rerank cv:K measures on every query; with --policy use --rerank train (or --full)", 2)
+        try:
+            train_queries, queries = split_queries(queries, train_fraction, seed)
+            learning = LearningSpec(tuple(train_queries), tuple(policies), rerank_train, warmup, seed)
+        except ValueError as e:
+            _fail(str(e), 2)
+            return
+        for q in train_queries:
+            skipped[q.id] = "training query (--train-fraction): learned on, not measured"
+        err.print(f"{len(train_queries)} training queries, {len(queries)} test queries (seed {seed})")
     fusion_options = {"k": rrf_k} if fusion == "rrf" else {"normalization": normalization}
     try:
         pipe = _pipeline(alias, fusion=fusion, fusion_options=fusion_options)
@@ -919,20 +955,32 @@ def evaluate(dataset_dir: str | None, offline: bool, targets: tuple[str, ...], b
     except ValueError as e:
         _fail(str(e), 2)
         return
-    feature_set = _feature_set(pipe) if rerank_folds else None
+    feature_set = _feature_set(pipe) if rerank_folds or rerank_train else None
+    if learning is not None and learning.policies:
+        from .bandit.base import BudgetConfig, PolicyConfigError
+        from .bandit.policies import make_policy
+
+        for spec in learning.policies:  # a bad spec is a usage error before any work
+            try:
+                make_policy(spec, tuple(pipe.plans), BudgetConfig(), 30)
+            except PolicyConfigError as e:
+                _fail(f"--policy {spec}: {e}", 2)
     cache = None
     if baselines and pipe.encoder is not None:
         from .embeddings import EmbeddingCache
 
         cache = EmbeddingCache.for_encoder(pipe.encoder)
+    learned: dict = {}
     with Progress(console=err) as bar:
         task = bar.add_task(f"evaluating {len(queries)} queries", total=len(queries))
         evaluation = evaluate_pipeline(pipe, dataset, queries, qrels, budgets=budgets, depth=budget,
                                        baselines=baselines, embedding_cache=cache, group_by=group_by,
                                        skipped=skipped, rerank_folds=rerank_folds, feature_set=feature_set,
-                                       on_query=lambda: bar.advance(task))
+                                       on_query=lambda: bar.advance(task), learning=learning,
+                                       on_stage=lambda what: err.print(f"[dim]{escape(what)}[/]"),
+                                       learned_info=learned)
     union = pipe.fuser.label
-    reranked = f"{union} + rerank (cv:{rerank_folds})" if rerank_folds else None
+    reranked = f"{union} + rerank (cv:{rerank_folds})" if rerank_folds else (f"{union} + rerank" if rerank_train else None)
     best_arm = best_system(evaluation, list(budgets))
     title = (f"{dataset.spec.name}: {split}, {len(queries)} queries, budgets "
              f"{', '.join(f'{k}={v}' for k, v in budgets.items())}")
@@ -946,9 +994,26 @@ def evaluate(dataset_dir: str | None, offline: bool, targets: tuple[str, ...], b
 
         for system, reference, measure, ratio in rerank_ratios(evaluation, reranked, union, best_arm):
             console.print(f"  {escape(system)} / {escape(reference)} ({measure}): [bold]{ratio:.3f}x[/]")
+    if learning is not None:
+        from .reporting import rerank_ratios
+
+        for name in learning.policies:
+            bandit = f"bandit {name}"
+            for system in (bandit, f"{bandit} + rerank"):
+                for sys_, reference, measure, ratio in rerank_ratios(evaluation, system, union, best_arm):
+                    console.print(f"  {escape(sys_)} / {escape(reference)} ({measure}): [bold]{ratio:.3f}x[/]")
+        warm = learned.get("warmup")
+        if warm:
+            for name, w in warm["policies"].items():
+                shares = ", ".join(f"{a} {v:.0%}" for a, v in sorted(w["arm_share"].items(), key=lambda kv: -kv[1]))
+                console.print(f"  [dim]{escape(name)} warm-up: {w['reward_per_search']:.3f} clicks/search over "
+                              f"{warm['searches']} searches of the training queries; arms run: {escape(shares)}[/]")
     if out:
         meta = {"dataset": dataset.spec.name, "split": split, "index": alias, "budgets": budgets,
                 "fusion": union, "queries": len(queries), "best_arm": best_arm}
+        if learning is not None:
+            meta["learning"] = {**learned, "policies": list(learning.policies), "rerank": learning.rerank,
+                                "train_fraction": train_fraction, "seed": seed, "test_queries": len(queries)}
         Path(out).write_text(jsonlib.dumps(evaluation.to_json(meta), indent=1, default=float))
         runs = evaluation.write_runs(Path(out).with_suffix(".runs"))
         console.print(f"wrote {out} and {len(runs)} TREC run files in {Path(out).with_suffix('.runs')}")
@@ -1114,17 +1179,48 @@ def dataset_check(root: str) -> None:
 
 @main.command("demo")
 @click.option("--docs", type=int, default=20_000, show_default=True, help="Synthetic catalogue size.")
-@click.option("--queries", type=int, default=300, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
-def demo(docs: int, queries: int, seed: int) -> None:
-    """The main job end to end on a synthetic music catalogue (no data files needed)."""
-    from .demo import run_demo
+@click.option("--queries", type=int, default=300, show_default=True,
+              help="Judged queries of the synthetic catalogue.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the synthetic catalogue.")
+@click.option("--searches", type=int, default=5000, show_default=True,
+              help="Simulated searches per policy.")
+@click.option("--sim-seed", type=int, default=0, show_default=True, help="Seed of the simulated users and policies.")
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A BEIR-layout dataset with qrels to use instead of the synthetic catalogue (e.g. converted Cranfield).")
+@click.option("--index", "alias", default=None,
+              help="Catalogue alias (default: synthetic_music, or the dataset's name with --dataset).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where caches, results.json and the report go (default: $LTRR_HOME/demo/<alias>).")
+@click.option("--real-searches", type=int, default=200, show_default=True,
+              help="Searches of the stream also run through the real pipeline (latency per stage, rerank check).")
+@click.option("--rerank-vector", type=click.Choice(["always", "vector-arms-only"]), default="always", show_default=True,
+              help="Whether the reranker sees the query vector always (as the pipeline serves with a reranker) or "
+                   "only when an arm that takes it ran (how ltrr served before; for comparison).")
+@click.option("--display", type=click.Choice(["fused", "reranked"]), default="fused", show_default=True,
+              help="What simulated users see: the fused top 10 (as ltrr simulate) or the reranked top 10 (as "
+                   "serving shows); every policy's candidates are reranked and measured either way.")
+def demo(docs: int, queries: int, seed: int, searches: int, sim_seed: int, dataset_dir: str | None, alias: str | None,
+         out_dir: str | None, real_searches: int, rerank_vector: str, display: str) -> None:
+    """Learning to rank and retrieve, end to end: load the catalogue, train the first ranker, run
+    simulated searches with the bandit beside static baselines, print the comparison and the goals,
+    and write a report (HTML + Markdown with plots)."""
+    from pathlib import Path
+
+    from .demo import DemoConfig, DemoError, run_demo
     from .embeddings import ModelNotFoundError, packaged_model_dir
 
     try:
         packaged_model_dir()  # before starting a node and generating the catalogue
     except ModelNotFoundError as e:
         _fail(str(e), 2)
+    try:
+        config = DemoConfig(docs=docs, queries=queries, seed=seed, searches=searches, sim_seed=sim_seed,
+                            alias=alias, dataset_dir=Path(dataset_dir) if dataset_dir else None,
+                            out_dir=Path(out_dir) if out_dir else None, real_searches=real_searches,
+                            rerank_vector=rerank_vector, display=display)
+    except DemoError as e:
+        _fail(str(e), 2)
+        return
 
     def ensure_node() -> None:
         from .node import cluster_answers
@@ -1140,7 +1236,30 @@ def demo(docs: int, queries: int, seed: int) -> None:
         else:
             console.print(f"OpenSearch {info.version} is up at {info.url}")
 
-    run_demo(console, docs=docs, queries=queries, seed=seed, ensure_node=ensure_node)
+    try:
+        run_demo(console, config, ensure_node=ensure_node)
+    except DemoError as e:
+        _fail(str(e))
+
+
+@main.command("report")
+@click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for report.html, report.md and the plots (default: beside RESULTS).")
+def report_command(results: str, out_dir: str | None) -> None:
+    """Write RESULTS (from ltrr demo, ltrr simulate --out or ltrr evaluate --out) as a
+    self-contained HTML page and as Markdown, with tables and plots."""
+    from pathlib import Path
+
+    from .report import ReportError, load_result, write_report
+
+    try:
+        doc = load_result(results)
+    except ReportError as e:
+        _fail(str(e), 2)
+        return
+    files = write_report(doc, Path(out_dir) if out_dir else Path(results).resolve().parent)
+    console.print(f"wrote {files.html}, {files.markdown} and {len(files.images)} plots")
 
 
 from .simulate.command import simulate  # noqa: E402  (the command module imports this one lazily)

@@ -1,8 +1,14 @@
 """Offline evaluation: any set of *systems* on a BEIR-layout dataset's qrels, by the book.
 
 A system is anything that ranks documents for a query (:class:`System`): one arm of a pipeline,
-the fused union, a textbook baseline, and later a bandit policy or a reranker. One loop
-(:func:`evaluate`) runs them all on the same queries, so their numbers compare.
+the fused union, a textbook baseline, a bandit policy choosing arms per query, and any of these
+reranked by the LTR plugin. One loop (:func:`evaluate`) runs them all on the same queries, so
+their numbers compare.
+
+The full offline report (:class:`LearningSpec`, ``ltrr evaluate DATASET --full``) splits the judged
+queries into training and test queries: a bandit is warmed up on simulated searches of the training
+queries (:mod:`orchestrator.simulate`), a reranker is trained on their judgments, and every arm, the
+union and the bandit are measured on the test queries with and without that rerank.
 
 Measures are trec_eval's, computed by ``ir-measures`` over pytrec_eval:
 
@@ -380,11 +386,12 @@ def evaluate(systems: Mapping[str, System], queries: Sequence[QueryRow],
 def pipeline_systems(pipeline: Any, budgets: Mapping[str, int], *, depth: int = 100,
                      rerank_folds: int | None = None, feature_set: Any = None,
                      qrels: Mapping[str, Mapping[str, int]] | None = None,
-                     vectors: Mapping[str, Any] | None = None) -> dict[str, System]:
+                     vectors: Mapping[str, Any] | None = None,
+                     searches: PipelineSearches | None = None) -> dict[str, System]:
     """Each arm of ``budgets`` alone and their fused union (labelled by its fusion), all served
-    from one search per query; with ``rerank_folds`` also the union reranked out of sample
-    (:class:`CrossValidatedRerank`, needs ``feature_set`` and ``qrels``)."""
-    searches = PipelineSearches(pipeline, budgets, depth=depth, vectors=vectors)
+    from one search per query (``searches``, made here when not given); with ``rerank_folds`` also
+    the union reranked out of sample (:class:`CrossValidatedRerank`, needs ``feature_set`` and ``qrels``)."""
+    searches = searches or PipelineSearches(pipeline, budgets, depth=depth, vectors=vectors)
     systems: dict[str, System] = {name: searches.arm(name) for name in budgets}
     systems[pipeline.fuser.label] = searches.union()
     if rerank_folds:
@@ -399,15 +406,29 @@ def evaluate_pipeline(pipeline: Any, dataset: Any, queries: Sequence[QueryRow],
                       qrels: Mapping[str, Mapping[str, int]], *, budgets: Mapping[str, int], depth: int = 100,
                       baselines: bool = True, embedding_cache: Any = None, group_by: str | None = None,
                       skipped: Mapping[str, str] | None = None, rerank_folds: int | None = None,
-                      feature_set: Any = None, on_query: Callable[[], None] = lambda: None) -> Evaluation:
+                      feature_set: Any = None, on_query: Callable[[], None] = lambda: None,
+                      learning: LearningSpec | None = None, on_stage: Callable[[str], None] = lambda s: None,
+                      learned_info: dict[str, Any] | None = None) -> Evaluation:
     """The standard table: every arm, the union, (``rerank_folds``) the union reranked out of
-    sample, and (``baselines``) the textbook anchors of :mod:`orchestrator.baselines` computed on
-    the same documents and queries."""
+    sample, (``learning``) the bandit policies warmed up on the training queries and every
+    pipeline system reranked by a model trained on them (:func:`learning_systems`; what was learned
+    goes into ``learned_info``), and (``baselines``) the textbook anchors of
+    :mod:`orchestrator.baselines` computed on the same documents and queries. ``queries`` are the
+    ones measured: with ``learning``, the test queries."""
     # The query vectors, once: the knn arm and the dense anchor must see the same ones.
     vectors = pipeline.encode_queries([q.text for q in queries])
     by_query = {q.id: vectors[i] for i, q in enumerate(queries)} if vectors is not None else None
+    searches = PipelineSearches(pipeline, budgets, depth=depth, vectors=by_query)
     systems = pipeline_systems(pipeline, budgets, depth=depth, rerank_folds=rerank_folds,
-                               feature_set=feature_set, qrels=qrels, vectors=by_query)
+                               feature_set=feature_set, qrels=qrels, vectors=by_query, searches=searches)
+    learned = None
+    if learning is not None:
+        learned = learning_systems(pipeline, dataset, searches, qrels, learning, budgets=budgets,
+                                   feature_set=feature_set, on_stage=on_stage)
+        systems.update(learned.systems)
+        if learned_info is not None:
+            learned_info.update(learned.info)
+        on_stage(f"measuring {len(queries)} test queries")
     if baselines:
         from .baselines import reference_systems
 
@@ -416,7 +437,268 @@ def evaluate_pipeline(pipeline: Any, dataset: Any, queries: Sequence[QueryRow],
     try:
         return evaluate(systems, queries, qrels, group_by=group_by, skipped=skipped, on_query=on_query)
     finally:
-        for system in systems.values():
+        for system in [*systems.values(), learned]:  # learned: its temporary model
             close = getattr(system, "close", None)
             if close is not None:
                 close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Learning systems: a bandit warmed up on training queries, and the rerank by a model trained on them
+
+
+def split_queries(queries: Sequence[QueryRow], train_fraction: float, seed: int = 0
+                  ) -> tuple[list[QueryRow], list[QueryRow]]:
+    """``(training, test)``: a seeded shuffle of ``queries`` cut at ``train_fraction`` (both sides
+    keep at least one query), each side in the input order."""
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction!r}")
+    if len(queries) < 2:
+        raise ValueError(f"{len(queries)} queries cannot be split into training and test queries")
+    order = np.random.default_rng(seed).permutation(len(queries))
+    n_train = min(max(1, int(round(train_fraction * len(queries)))), len(queries) - 1)
+    train_idx = set(order[:n_train].tolist())
+    return ([q for i, q in enumerate(queries) if i in train_idx],
+            [q for i, q in enumerate(queries) if i not in train_idx])
+
+
+@dataclass(frozen=True)
+class LearningSpec:
+    """What :func:`learning_systems` learns from the ``train_queries``: each bandit policy of
+    ``policies`` warmed up on ``warmup_searches`` simulated searches of them (cascade clicks; users
+    see the reranked lists when ``rerank``), and (``rerank``) a reranker trained on their
+    judgments. ``segment``: the request segment test searches carry (the simulation's tag of users
+    who type the query as written)."""
+
+    train_queries: tuple[QueryRow, ...]
+    policies: tuple[str, ...] = ()
+    rerank: bool = False
+    warmup_searches: int = 2000
+    seed: int = 0
+    window: int = 200
+    levels: tuple[int, ...] = (20, 50, 100)
+    max_arms: int = 2
+    total: int = 100
+    segment: str = "general"
+
+    def __post_init__(self) -> None:
+        if not self.train_queries:
+            raise ValueError("no training queries")
+        if not self.policies and not self.rerank:
+            raise ValueError("nothing to learn: give policies, rerank, or both")
+        if isinstance(self.warmup_searches, bool) or not isinstance(self.warmup_searches, int) or not (
+                1 <= self.warmup_searches <= 1_000_000):
+            raise ValueError(f"warmup_searches must be an integer in [1, 1000000], got {self.warmup_searches!r}")
+
+
+def _sliced(result: Any, budget: int) -> Any:
+    """``result`` cut to its first ``budget`` hits (an arm's top n: its top N cut at n)."""
+    import dataclasses
+
+    if not result.ok or budget >= len(result.hits):
+        return dataclasses.replace(result, budget=budget)
+    return dataclasses.replace(result, hits=result.hits[:budget], budget=budget)
+
+
+class SelectionSystem:
+    """Retrieval by choosing arms and budgets per query (``choose(query, response)``), served from
+    the shared searches: each chosen arm's hits cut to its budget, fused by the pipeline's fusion."""
+
+    def __init__(self, searches: PipelineSearches, choose: Callable[[QueryRow, Any], Mapping[str, int]]):
+        self.searches = searches
+        self.choose = choose
+        self._selections: dict[str, Any] = {}
+
+    def prepare(self, queries: Sequence[QueryRow]) -> None:
+        self.searches.prepare(queries)
+
+    def selection(self, query: QueryRow) -> tuple[tuple[Any, ...], list[Any]] | Exception:
+        """``(results of the chosen arms, fused list)``, or the query's error."""
+        if query.id not in self._selections:
+            resp = self.searches.response(query)
+            if isinstance(resp, Exception):
+                self._selections[query.id] = resp
+            else:
+                budgets = self.choose(query, resp)
+                results = tuple(_sliced(r, int(budgets[r.strategy])) for r in resp.strategy_results
+                                if budgets.get(r.strategy, 0) > 0)
+                self._selections[query.id] = (results, self.searches.pipeline.fuser.fuse(results, limit=None))
+        return self._selections[query.id]
+
+    def rank(self, query: QueryRow) -> Ranking:
+        chosen = self.selection(query)
+        if isinstance(chosen, Exception):
+            return Ranking((), None, ArmStatus.FAILED, str(chosen))
+        results, fused = chosen
+        ran = [r for r in results if r.status is not ArmStatus.NOT_APPLICABLE]
+        if ran and all(r.error for r in ran):
+            return Ranking((), frozenset(), ArmStatus.FAILED, "; ".join(f"{r.strategy}: {r.error}" for r in ran))
+        if not ran:
+            return Ranking((), frozenset(), ArmStatus.NOT_APPLICABLE, "no chosen arm applies to this query")
+        return Ranking(tuple(h.doc_id for h in fused[: self.searches.depth]),
+                       frozenset(h.doc_id for r in results for h in r.hits))
+
+
+def fixed_choice(budgets: Mapping[str, int]) -> Callable[[QueryRow, Any], Mapping[str, int]]:
+    """Always the same arms and budgets (those that do not apply to a query are left out by it)."""
+    return lambda _query, _resp: dict(budgets)
+
+
+def policy_choice(policy: Any, segment: str | None = None) -> Callable[[QueryRow, Any], Mapping[str, int]]:
+    """The policy's decision for the query, from what serving would know: the query's understanding,
+    the arms that apply (the pipeline's statuses), a request tagged ``segment``, no Q2E memory and
+    no earlier searches of the query (test queries are never searched in the warm-up)."""
+    from .bandit.context import Context, RequestContext
+
+    def choose(_query: QueryRow, resp: Any) -> Mapping[str, int]:
+        eligible = [r.strategy for r in resp.strategy_results if r.status is not ArmStatus.NOT_APPLICABLE]
+        why_not = {r.strategy: r.detail or "" for r in resp.strategy_results if r.status is ArmStatus.NOT_APPLICABLE}
+        context = Context.build(resp.understanding, eligible, request=RequestContext(segment=segment),
+                                not_applicable=why_not)
+        return {arm: int(n) for arm, n in policy.select(context).budgets.items() if n > 0}
+
+    return choose
+
+
+class PluginRerank:
+    """A :class:`SelectionSystem`'s fused list with its top ``window`` reranked by ``model`` in the
+    LTR plugin (one request per query), the rest in fused order, as serving does. The request
+    carries the query vector only when an arm of ``vector_from`` ran (None: always), as
+    ``SearchPipeline.search`` encodes the query only for arms that take it."""
+
+    def __init__(self, system: SelectionSystem, model: str, *, window: int = 200,
+                 vector_from: Sequence[str] | None = None):
+        self.system, self.model, self.window = system, model, window
+        self.vector_from = None if vector_from is None else frozenset(vector_from)
+
+    def prepare(self, queries: Sequence[QueryRow]) -> None:
+        self.system.prepare(queries)
+
+    def rank(self, query: QueryRow) -> Ranking:
+        from .ltr.features import request_params
+        from .ltr.rerank import Reranker
+
+        base = self.system.rank(query)
+        chosen = self.system.selection(query)
+        if isinstance(chosen, Exception) or not base.doc_ids or base.status is not ArmStatus.OK:
+            return base
+        results, fused = chosen
+        searches = self.system.searches
+        resp = searches.response(query)
+        vector = searches.vector(query.id)
+        if self.vector_from is not None and not any(r.ok and r.strategy in self.vector_from for r in results):
+            vector = None
+        params = request_params(resp.understanding, vector, results, fused)
+        window = [h.doc_id for h in fused[: self.window]]
+        pipeline = searches.pipeline
+        outcome = Reranker(pipeline.client, pipeline.index, self.model, timeout_ms=5000).rerank(params, window)
+        if not outcome.applied:
+            return Ranking((), None, ArmStatus.FAILED, outcome.error or "the model scored nothing")
+        order = sorted(range(len(window)), key=lambda i: (-outcome.scores.get(window[i], float("-inf")), i))
+        ranked = [window[i] for i in order] + [h.doc_id for h in fused[self.window:]]
+        return Ranking(tuple(ranked[: searches.depth]), base.candidates)
+
+
+@dataclass
+class LearnedSystems:
+    """The systems :func:`learning_systems` built, what was learned, and the temporary model to delete."""
+
+    systems: dict[str, System]
+    info: dict[str, Any]
+    client: Any = None
+    models: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        from .ltr.model import delete_model
+
+        for name in self.models:
+            delete_model(self.client, name)
+        self.models.clear()
+
+
+def learning_systems(pipeline: Any, dataset: Any, searches: PipelineSearches, qrels: Mapping[str, Mapping[str, int]],
+                     spec: LearningSpec, *, budgets: Mapping[str, int], feature_set: Any = None,
+                     on_stage: Callable[[str], None] = lambda s: None) -> LearnedSystems:
+    """Learn on ``spec.train_queries`` and return the systems to measure on the test queries:
+    each policy (``bandit <spec>``) and, with ``spec.rerank``, every arm, the union and each policy
+    reranked by the model trained on the training queries (``<system> + rerank``)."""
+    import time
+
+    from .bandit.base import BudgetConfig
+    from .bandit.policies import make_policy
+    from .ltr.model import to_plugin_definition, upload_model
+    from .ltr.training import train
+    from .simulate.candidates import CandidateCache
+    from .simulate.clicks import make_click_model
+    from .simulate.command import sim_queries
+    from .simulate.rerank import LocalReranker, log_union_features, training_set
+    from .simulate.runner import SimulationConfig, build_policies, run_simulation
+    from .simulate.stream import StreamConfig, build_stream, document_frequency
+
+    if spec.rerank and feature_set is None:
+        raise ValueError("the rerank needs the LTR feature set")
+    t0 = time.monotonic()
+    train_queries = list(spec.train_queries)
+    sim_qs = sim_queries(train_queries, qrels)
+    stream_config = StreamConfig(spec.warmup_searches, seed=spec.seed)
+    doc_frequency = None
+    if spec.policies and "vocabulary" in stream_config.mix_for(any(q.intent is not None for q in sim_qs)):
+        from .datasets import CorpusRow
+
+        doc_frequency = document_frequency(f"{r.title} {r.text}" for r in dataset.iter_corpus()
+                                           if isinstance(r, CorpusRow))
+    stream = build_stream(sim_qs, stream_config, doc_frequency) if spec.policies else None
+    texts: list[str] = list(dict.fromkeys([*(stream.texts if stream else []), *(q.text for q in train_queries)]))
+    levels = tuple(sorted(lv for lv in spec.levels if lv <= searches.depth)) or (searches.depth,)
+    on_stage(f"searching {len(texts)} training query texts")
+    cache = CandidateCache.from_pipeline(pipeline, texts, max(levels), levels=levels)
+    arms = tuple(pipeline.plans)
+    info: dict[str, Any] = {"train_queries": len(train_queries), "train_query_ids": [q.id for q in train_queries]}
+    learned = LearnedSystems({}, info, pipeline.client)
+    local = None
+    model = None
+    if spec.rerank:
+        on_stage(f"logging features of {len(texts)} unions and training the reranker")
+        features = log_union_features(pipeline, feature_set, cache, texts)
+        data = training_set(feature_set, features, train_queries, qrels, spec.window)
+        booster = train(data, params={"nthread": 1})
+        definition, _shift = to_plugin_definition(booster)
+        model = f"ltrr-eval-{uuid.uuid4().hex[:8]}"
+        upload_model(pipeline.client, feature_set, model, definition)
+        learned.models.append(model)
+        # As served: the pipeline gives the reranker the query vector whichever arms ran.
+        local = LocalReranker(feature_set, arms, features, {"train": booster}, window=spec.window)
+        info["reranker"] = {"model": model, "feature_set": feature_set.name, "queries": len(data.queries),
+                            "candidates": int(sum(len(q.doc_ids) for q in data.queries)), "deleted_after": True}
+    policies: dict[str, Any] = {}
+    if spec.policies and stream is not None:
+        budget = BudgetConfig(total=spec.total, levels=levels, max_arms=spec.max_arms,
+                              costs={name: plan.cost for name, plan in pipeline.plans.items()})
+        policies = build_policies(list(spec.policies), arms, budget, spec.seed, make_policy)
+        on_stage(f"warming up {', '.join(policies)} on {spec.warmup_searches} simulated searches")
+        max_grade = max((g for q in sim_qs for g in q.grades.values()), default=1)
+        result = run_simulation(stream, cache, make_click_model("cascade", "navigational"), policies,
+                                SimulationConfig(budget=budget, display="reranked" if local else "fused"),
+                                max_grade=max_grade, reranker=local)
+        doc = result.to_json()
+        info["warmup"] = {"searches": spec.warmup_searches, "seed": spec.seed, "display": doc["meta"]["display"],
+                          "segment": spec.segment,
+                          "policies": {p: {k: doc["policies"][p]["final"].get(k) for k in (
+                              "reward_per_search", "candidate_recall", "requested_per_search", "arm_share")}
+                              for p in policies}}
+    union = pipeline.fuser.label
+    selections: dict[str, SelectionSystem] = {}
+    if spec.rerank:
+        for arm, n in budgets.items():
+            selections[arm] = SelectionSystem(searches, fixed_choice({arm: n}))
+        selections[union] = SelectionSystem(searches, fixed_choice(budgets))
+    for name, policy in policies.items():
+        system = SelectionSystem(searches, policy_choice(policy, spec.segment))
+        learned.systems[f"bandit {name}"] = system
+        if spec.rerank:
+            selections[f"bandit {name}"] = system
+    if model is not None:
+        for name, system in selections.items():
+            learned.systems[f"{name} + rerank"] = PluginRerank(system, model, window=spec.window)
+    info["seconds"] = round(time.monotonic() - t0, 2)
+    return learned

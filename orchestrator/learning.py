@@ -70,10 +70,11 @@ class LearningLoop:
     shared_key: str = ""  # bandit.state.policy_key(catalogue, policy name)
     examination: Callable[[int], float] = uniform_examination  # θ_k of the displayed position
     viewport: int = 10  # positions shown: impressions beyond it are not negatives
+    catalogue: str | None = None  # learn only from this catalogue's searches (None: every catalogue's)
 
     def step(self, now: datetime | None = None, *, max_searches: int | None = None) -> LearningReport:
         report = LearningReport()
-        finished = self.joiner.finalize(now, max_searches=max_searches)
+        finished = self.joiner.finalize(now, catalogue=self.catalogue, max_searches=max_searches)
         report.finalized = len(finished)
         updates: list[Any] = []
         cold_keys: dict[str, dict[str, float]] = {}

@@ -305,7 +305,9 @@ class SearchPipeline:
         if bad:
             raise QueryError(f"budgets must be integers between 1 and 1000, got {bad}")
         embed_ms = 0.0
-        if vector is None and self.encoder is not None and self._needs_vector(list(budgets)):
+        # The reranker's features include the query vector (dense_cosine) whichever arms ran: a model
+        # trained with it must not see 0 whenever the policy skips knn.
+        if vector is None and self.encoder is not None and (self.reranker is not None or self._needs_vector(list(budgets))):
             te = time.perf_counter()
             vector = self.encoder.encode_one(u.normalized)
             embed_ms = (time.perf_counter() - te) * 1000

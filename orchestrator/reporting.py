@@ -3,8 +3,12 @@ how each ltrr arm stands against its textbook anchor (measured in the same run).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
@@ -75,3 +79,137 @@ def anchor_ratios(evaluation: Evaluation, union: str, arm_anchors: dict[str, str
             continue
         out.append((system, anchor, measure, a[measure] / b[measure]))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables shared by the terminal (rich), the Markdown and the HTML report
+
+
+@dataclass(frozen=True)
+class ReportTable:
+    """A table as plain strings, rendered the same way in the terminal, in Markdown and in HTML."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for row in self.rows:
+            if len(row) != len(self.columns):
+                raise ValueError(f"{self.title}: a row has {len(row)} cells for {len(self.columns)} columns")
+
+    def to_rich(self) -> Table:
+        table = Table(title=escape(self.title), title_justify="left", caption=escape(self.note) or None,
+                      caption_justify="left")
+        for i, column in enumerate(self.columns):
+            # Numbers never wrap (a wrapped interval is unreadable); long text columns may.
+            table.add_column(escape(column), no_wrap=i == 0 or self._numeric(i),
+                             justify="left" if i == 0 or not self._numeric(i) else "right")
+        for row in self.rows:
+            table.add_row(*(escape(cell) for cell in row))
+        return table
+
+    def _numeric(self, column: int) -> bool:
+        return all(len(row[column]) <= 24 for row in self.rows)
+
+    def to_markdown(self) -> str:
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|").replace("\n", " ")
+
+        lines = [f"**{cell(self.title)}**", "", "| " + " | ".join(cell(c) for c in self.columns) + " |",
+                 "| " + " | ".join("---" for _ in self.columns) + " |"]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in self.rows]
+        if self.note:
+            lines += ["", cell(self.note)]
+        return "\n".join(lines) + "\n"
+
+    def to_html(self) -> str:
+        import html
+
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in self.rows)
+        note = f"<p class=\"note\">{html.escape(self.note)}</p>" if self.note else ""
+        return (f"<table><caption>{html.escape(self.title)}</caption><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table>{note}")
+
+
+def fmt(value: Any, digits: int = 3, suffix: str = "") -> str:
+    """A number for a table: ``digits`` decimals and ``suffix``; "—" when unknown."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value}{suffix}"
+    return f"{float(value):.{digits}f}{suffix}"
+
+
+def fmt_interval(mean: Any, interval: Sequence[float] | None, digits: int = 3) -> str:
+    """``0.712 [0.690, 0.733]``; the mean alone without an interval."""
+    if not interval or mean is None:
+        return fmt(mean, digits)
+    return f"{fmt(mean, digits)} [{fmt(interval[0], digits)}, {fmt(interval[1], digits)}]"
+
+
+def bootstrap_mean_interval(values: Sequence[float] | np.ndarray, clusters: Sequence[Any] | np.ndarray | None = None, *,
+                            resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` and its percentile bootstrap interval. With
+    ``clusters`` (e.g. the query of each search) whole clusters are resampled, since the searches
+    of one query are not independent."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    labels = np.arange(x.size) if clusters is None else np.unique(np.asarray(clusters, dtype=object),
+                                                                   return_inverse=True)[1]
+    sums = np.bincount(labels, weights=x)
+    counts = np.bincount(labels).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(sums), size=(resamples, len(sums)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    alpha = (1.0 - level) / 2.0
+    return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
+
+
+def goal_table(goals: Sequence[Mapping[str, Any]], title: str = "goals (measured in this run)") -> ReportTable:
+    """The goals with their measured ratio, threshold and pass/fail."""
+    rows = []
+    for g in goals:
+        measured = g.get("measured")
+        verdict = "not measured" if measured is None else ("PASS" if g.get("passed") else "FAIL")
+        rows.append((str(g["goal"]), fmt(measured, 3, "x"), f"{g['comparison']} {g['threshold']:.2f}x", verdict,
+                     str(g.get("detail", ""))))
+    return ReportTable(title, ("goal", "measured", "threshold", "result", "how"), tuple(rows))
+
+
+def policy_table(policies: Sequence[Mapping[str, Any]], title: str, note: str = "") -> ReportTable:
+    """One row per policy of a demo result: reward and its ratio to the best static arm, candidate
+    recall, nDCG@10 after the rerank (95% interval) and of the fused list, OpenSearch cost vs all arms."""
+    rows = []
+    for p in policies:
+        rows.append((str(p["policy"]), fmt(p.get("reward_per_search")), fmt(p.get("reward_vs_best_static"), 3, "x"),
+                     fmt(p.get("candidate_recall")),
+                     fmt_interval(p.get("ndcg10_reranked"), p.get("ndcg10_reranked_interval")),
+                     fmt(p.get("ndcg10_fused")), fmt(p.get("requested_per_search"), 0),
+                     fmt(p.get("requested_vs_all"), 3, "x"), fmt(p.get("time_ms_per_search"), 1),
+                     fmt(p.get("time_vs_all"), 3, "x")))
+    return ReportTable(title, ("policy", "clicks/search", "vs best static", "cand. recall",
+                               "nDCG@10 reranked [95%]", "nDCG@10 fused", "docs", "docs vs all", "OS ms",
+                               "OS ms vs all"), tuple(rows), note)
+
+
+def intent_table(intents: Mapping[str, Any], arms: Sequence[str]) -> ReportTable:
+    """Per intent, the share of searches in which the learner ran each arm in the last part of the
+    run, its most chosen arm sets and its reward there."""
+    groups = intents.get("groups", {})
+    rows = []
+    for name, g in groups.items():
+        shares = g.get("arm_share_last", {})
+        top = ", ".join(f"{action} {share:.0%}" for action, share in list(g.get("action_share_last", {}).items())[:3])
+        rows.append((f"{name} ({g.get('searches_last', 0)})", *(f"{shares.get(a, 0.0):.0%}" for a in arms), top,
+                     fmt(g.get("reward_per_search_last"))))
+    last = intents.get("last_fraction", 0.25)
+    by = str(intents.get("grouped_by", "intent")).replace("_", " ")
+    title = (f"what {intents.get('policy', 'the bandit')} learned: arms run per {by}, last {last:.0%} of the searches "
+             "(searches)")
+    return ReportTable(title, (by, *arms, "top arm sets", "clicks/search"), tuple(rows))

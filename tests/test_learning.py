@@ -191,3 +191,28 @@ def test_a_new_plan_file_becomes_a_new_arm_without_a_restart(os_client, catalogu
     assert resp.decision is not None and set(resp.decision.budgets) == set(resp.context.eligible)
     fixed = pipe.search("good times", strategies=["fuzzy_titles"])
     assert fixed.strategy_results[0].ok and fixed.hits
+
+
+def test_a_learning_step_finalizes_only_its_own_catalogues_searches(os_client, catalogue):
+    from dataclasses import replace
+
+    alias, names = catalogue
+    plans = load_plans()
+    policy = make_policy("joint", list(plans), BudgetConfig(), CONTEXT_DIM, seed=6)
+    log = SearchLog(os_client, queries_index=names["queries"])
+    pipe = SearchPipeline(os_client, alias, plans, encoder=None, policy=policy, search_log=log)
+    store = FeedbackStore(os_client, log, events_index=names["events"])
+    try:
+        mine = pipe.search("good life")
+        record = log.get(mine.search_id)
+        assert record is not None
+        log.log(replace(record, search_id="other-catalogue-search", catalogue="someone-elses"))
+        log.flush()
+        later = first_time(log, mine.search_id) + timedelta(seconds=61)
+        report = LearningLoop(RewardJoiner(log, store, window_s=60), policy, catalogue=alias).step(now=later)
+        assert report.finalized == 1
+        log.refresh()
+        entry = log.get_entry("other-catalogue-search")
+        assert entry is not None and entry.finalized_at is None
+    finally:
+        log.close()

@@ -267,6 +267,13 @@ def simulate(dataset_dir: str, alias: str | None, split: str | None, searches: i
     out_path.write_text(json.dumps(document, indent=1, default=float))
     plots = write_plots(document, out_path)
     console.print(result_table(document))
+    learner = next((spec for spec in document["policies"] if not spec.startswith("static:") and spec not in ("all", "random")),
+                   None)
+    if learner is not None:  # what the first learning policy ended up choosing, per intent (or user type)
+        from ..reporting import intent_table
+
+        console.print(intent_table({**document["policies"][learner]["by_intent"], "policy": learner},
+                                   document["meta"]["arms"]).to_rich())
     goals = document["goals"]
     for spec, g in goals.items():
         if spec in ("thresholds", "baselines_regret_late_over_early"):

@@ -12,7 +12,9 @@ One search, for each policy:
    often the key was searched before; eligible arms from the cache;
 2. ``decision = policy.select(context)``; each chosen arm's candidates are its cached list cut at
    its budget (the Q2E arm's come from the policy's memory);
-3. display: the RRF (k = 60) fused top ``display_size`` of those candidates;
+3. display: the RRF (k = 60) fused top ``display_size`` of those candidates, or (``display =
+   "reranked"``, with a reranker) that fused list's top window reranked by the LTR model, as
+   serving shows it (:mod:`.rerank`); with a reranker both lists are measured either way;
 4. clicks from the click model; reward = number of clicks;
 5. ``policy.update`` with per-arm rewards (1 when the arm's candidates held a clicked item: a click
    is engagement of grade 1, as in ``SearchRecord.arm_rewards``) and the within-arm ranks of the
@@ -24,11 +26,12 @@ Metrics per policy, as series over the stream and as totals:
 * candidate recall of the union of the chosen arms' candidates (before the display cut, at the
   budgets requested): the share of searches whose union holds a relevant item, and the mean share
   of the query's relevant items it holds;
-* nDCG@10 of the displayed list (linear gains, as trec_eval);
+* nDCG@10 of the displayed list (linear gains, as trec_eval), and of the fused and (with a
+  reranker) the reranked list separately;
 * pseudo-regret: for every search, the expected clicks E[R(a)] of every action a of a small action
   set (:func:`action_set`: each arm alone at the full budget, each pair at an even split, all arms
-  at the largest level), evaluated in the policy's own state (its Q2E memory at that moment). The
-  comparator is the best fixed action per context in hindsight,
+  at the largest level), displayed as the policy's lists are, evaluated in the policy's own state
+  (its Q2E memory at that moment). The comparator is the best fixed action per context in hindsight,
   a*_c = argmax_a Σ_{t: c_t = c} E_t[R(a)], and regret_T = Σ_t (E_t[R(a*_{c_t})] − E_t[R(policy_t)]),
   for two meanings of context: the *true* type (user type, with the query's intent), which a policy
   never sees, so noise in what it does see keeps even a perfect learner's regret linear; and the
@@ -48,7 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import combinations
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -74,6 +77,14 @@ PolicyFactory = Callable[..., Policy]
 """``make_policy(spec, arms, budget, dim, seed=...) -> Policy`` (orchestrator.bandit.policies)."""
 
 _Q2E_FEATURE = CONTEXT_FEATURES.index("q2e_key_exists")
+DISPLAYS = ("fused", "reranked")
+
+
+class SearchReranker(Protocol):
+    """The rerank stage of a simulated search (:class:`~.rerank.LocalReranker`)."""
+
+    def rank(self, text: str, query_id: str, selections: Sequence[Sequence[StrategyResult]],
+             size: int = 10) -> list[list[str]]: ...
 
 
 class SimulationError(RuntimeError):
@@ -83,7 +94,8 @@ class SimulationError(RuntimeError):
 @dataclass(frozen=True)
 class SimulationConfig:
     """Loop parameters. ``budget`` is what the policies are given; ``display_size`` results are
-    shown; ``series_points`` bounds the length of the JSON series."""
+    shown: the fused list, or (``display="reranked"``, needs a reranker) the fused list reranked;
+    ``series_points`` bounds the length of the JSON series."""
 
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     display_size: int = 10
@@ -92,8 +104,11 @@ class SimulationConfig:
     q2e: Q2EConfig = field(default_factory=Q2EConfig)
     start_time: datetime = datetime(2024, 1, 1, tzinfo=UTC)
     seconds_per_search: float = 30.0
+    display: str = "fused"
 
     def __post_init__(self) -> None:
+        if self.display not in DISPLAYS:
+            raise SimulationError(f"display must be one of {', '.join(DISPLAYS)}, got {self.display!r}")
         if not isinstance(self.budget, BudgetConfig):
             raise SimulationError(f"budget must be a BudgetConfig, got {type(self.budget).__name__}")
         for name, lo, hi in (("display_size", 1, 1000), ("series_points", 2, 100_000)):
@@ -158,12 +173,14 @@ class PolicyRun:
     arms_run: np.ndarray  # int64 (N, K): budget given to each arm (0 = not run)
     explored: np.ndarray  # bool: the decision came from the exploration branch
     credited: np.ndarray  # int64: arms whose reward was 1 (their candidates held a clicked item)
+    ndcg_fused: np.ndarray  # float64: nDCG@10 of the fused list of the arms that ran
+    ndcg_reranked: np.ndarray  # float64: nDCG@10 of that list reranked (NaN without a reranker)
 
     @classmethod
     def empty(cls, spec: str, n: int, n_actions: int, n_arms: int) -> PolicyRun:
         return cls(spec, np.zeros(n, np.int64), np.zeros(n), np.zeros((n, n_actions)), np.zeros(n, bool),
                    np.zeros(n), np.zeros(n), np.zeros(n, np.int64), np.zeros(n), np.zeros((n, n_arms), np.int64),
-                   np.zeros(n, bool), np.zeros(n, np.int64))
+                   np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n), np.full(n, np.nan))
 
 
 def _dcg(gains: Sequence[float]) -> float:
@@ -229,10 +246,13 @@ class SimulationResult:
         n = int(rows.sum())
         if n == 0:
             return {"searches": 0}
+        reranked = run.ndcg_reranked[rows]
         return {"searches": n, "reward": int(run.clicks[rows].sum()), "reward_per_search": float(run.clicks[rows].mean()),
                 "success_rate": float((run.clicks[rows] > 0).mean()), "expected_reward": float(run.expected[rows].sum()),
                 "candidate_hit_rate": float(run.hit[rows].mean()), "candidate_recall": float(run.recall[rows].mean()),
-                "ndcg10": float(run.ndcg[rows].mean()), "requested_per_search": float(run.requested[rows].mean())}
+                "ndcg10": float(run.ndcg[rows].mean()), "ndcg10_fused": float(run.ndcg_fused[rows].mean()),
+                "ndcg10_reranked": None if np.isnan(reranked).any() else float(reranked.mean()),
+                "requested_per_search": float(run.requested[rows].mean())}
 
     @staticmethod
     def growth(cumulative: np.ndarray) -> dict[str, float | None]:
@@ -289,7 +309,48 @@ class SimulationResult:
             seg["arm_share"] = {a: float((run.arms_run[rows, i] > 0).mean()) for i, a in enumerate(self.arms)}
             by_context[c] = seg
         return {"final": out, "head": self._segment(run, ~tail), "tail": self._segment(run, tail),
-                "by_context": by_context}
+                "by_context": by_context, "by_intent": self.arm_choices(spec)}
+
+    def intents(self) -> tuple[str, np.ndarray]:
+        """``(what groups searches, label per search)``: the query's intent when the collection has
+        intents (the synthetic catalogue), else the simulated user type (typo, vocabulary...)."""
+        searches = self.stream.searches
+        if any(s.query.intent is not None for s in searches):
+            return "intent", np.array([s.query.intent or "none" for s in searches], dtype=object)
+        return "user_type", np.array([s.user_type for s in searches], dtype=object)
+
+    def arm_choices(self, spec: str, last_fraction: float = 0.25, windows: int = 20) -> dict[str, Any]:
+        """Per intent (:meth:`intents`): how often each arm ran and which arm sets were chosen in the
+        last ``last_fraction`` of the stream (what the policy learned), and each arm's share per
+        window of the stream (how it got there)."""
+        run = self.runs[spec]
+        by, labels = self.intents()
+        n = len(labels)
+        late = np.arange(n) >= n - max(1, int(round(n * last_fraction)))
+        edges = np.unique(np.linspace(0, n, min(windows, n) + 1).round().astype(np.int64))
+        ran = run.arms_run > 0
+        out: dict[str, Any] = {"grouped_by": by, "last_fraction": last_fraction, "groups": {}}
+        for label in sorted(set(labels.tolist())):
+            rows = labels == label
+            rows_late = rows & late
+            sets = Counter("+".join(a for i, a in enumerate(self.arms) if ran[t, i]) or "(none)"
+                           for t in np.flatnonzero(rows_late))
+            total = max(int(rows_late.sum()), 1)
+            series: dict[str, list[float | None]] = {a: [] for a in self.arms}
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                window = np.zeros(n, bool)
+                window[lo:hi] = True
+                window &= rows
+                for i, a in enumerate(self.arms):
+                    series[a].append(float(ran[window, i].mean()) if window.any() else None)
+            out["groups"][str(label)] = {
+                "searches": int(rows.sum()), "searches_last": int(rows_late.sum()),
+                "arm_share_last": {a: float(ran[rows_late, i].mean()) if rows_late.any() else 0.0
+                                   for i, a in enumerate(self.arms)},
+                "action_share_last": {k: v / total for k, v in sets.most_common()},
+                "reward_per_search_last": float(run.clicks[rows_late].mean()) if rows_late.any() else None,
+                "series": {"window_end": edges[1:].tolist(), "arm_share": series}}
+        return out
 
     def series(self, spec: str) -> dict[str, list[float]]:
         run = self.runs[spec]
@@ -325,7 +386,9 @@ class SimulationResult:
         return {"meta": {**dict(meta or {}), "arms": list(self.arms), "budget": {
                     "total": self.config.budget.total, "levels": list(self.config.budget.levels),
                     "max_arms": self.config.budget.max_arms, "costs": dict(self.config.budget.costs)},
-                    "display_size": self.config.display_size, "rrf_k": self.config.rrf_k, "seed": self.stream.config.seed,
+                    "display_size": self.config.display_size, "display": self.config.display,
+                    "reranked": bool(np.isfinite(next(iter(self.runs.values())).ndcg_reranked).all()) if self.runs else False,
+                    "rrf_k": self.config.rrf_k, "seed": self.stream.config.seed,
                     "click_model": self.click_model.describe(), "q2e": vars(self.config.q2e),
                     "stream": {k: v for k, v in vars(self.stream.config).items()},
                     "elapsed_seconds": round(self.elapsed_seconds, 3)},
@@ -386,6 +449,7 @@ class _Search:
 
     t: int
     text: str
+    query_id: str
     key: str
     observed: str  # the context a policy can see, coarsened: segment tag | frequency bucket
     base_x: np.ndarray  # ctx-v1 with q2e_key_exists = 0
@@ -414,8 +478,10 @@ def _check_decision(spec: str, decision: Decision, context: Context, max_level: 
 
 class _Simulator:
     def __init__(self, stream: QueryStream, cache: CandidateCache, click_model: ClickModel, config: SimulationConfig,
-                 max_grade: float):
+                 max_grade: float, reranker: SearchReranker | None = None):
         self.stream, self.cache, self.click_model, self.config = stream, cache, click_model, config
+        self.reranker = reranker
+        self.reranked_display = config.display == "reranked"
         self.max_grade = max_grade
         self.arms = cache.arms
         self.arm_index = {a: i for i, a in enumerate(self.arms)}
@@ -445,17 +511,28 @@ class _Simulator:
         lo, hi = FREQUENCY_BUCKETS[frequency_bucket(earlier)]
         observed = f"{search.segment}|seen {lo}-{hi if hi is not None else 'up'}"
         self.observed.append(observed)
-        return _Search(t, text, u.key, observed, base_x, frozenset(self.cache.eligible(text)), self.cache.not_applicable(text),
-                       levels, q.grades, ideal, q.relevant, self.clicks_rng.random((2, cfg.display_size)))
+        return _Search(t, text, q.id, u.key, observed, base_x, frozenset(self.cache.eligible(text)),
+                       self.cache.not_applicable(text), levels, q.grades, ideal, q.relevant,
+                       self.clicks_rng.random((2, cfg.display_size)))
 
     def _results(self, memory_hits: Sequence[Hit], s: _Search, budgets: Mapping[str, int]) -> list[StrategyResult]:
         return [StrategyResult(MEMORY_ARM, tuple(memory_hits[:b]), b, self.cache.took(s.text, MEMORY_ARM, b))
                 if a == MEMORY_ARM else self.cache.result(s.text, a, b) for a, b in budgets.items()]
 
     def _expected(self, results: Sequence[StrategyResult], s: _Search) -> float:
-        shown = rrf_top([(r.strategy, [h.doc_id for h in r.hits]) for r in results], self.config.rrf_k,
-                        self.config.display_size)
+        if self.reranked_display and self.reranker is not None:
+            shown = self.reranker.rank(s.text, s.query_id, [results], self.config.display_size)[0]
+        else:
+            shown = rrf_top([(r.strategy, [h.doc_id for h in r.hits]) for r in results], self.config.rrf_k,
+                            self.config.display_size)
+        return self._expected_of(shown, s)
+
+    def _expected_of(self, shown: Sequence[str], s: _Search) -> float:
         return self.click_model.expected_clicks(np.array([s.levels.get(d, 0) for d in shown], dtype=np.int64))
+
+    def _ndcg(self, shown: Sequence[str], s: _Search) -> float:
+        gains = [max(float(s.grades.get(d, 0)), 0.0) for d in shown]
+        return _dcg(gains) / s.ideal_dcg if s.ideal_dcg > 0 else 0.0
 
     def step(self, world: _World, s: _Search) -> None:
         memory, run, t = world.memory, world.run, s.t
@@ -479,17 +556,34 @@ class _Simulator:
         chosen = {a: int(b) for a, b in decision.budgets.items() if b > 0}
         memory_hits = memory.hits(s.key, self.cache.max_level, t) if known else ()
         results = self._results(memory_hits, s, chosen)
-        shown = [h.doc_id for h in self.fuser.fuse(results, limit=self.config.display_size)]
+        fused_shown = [h.doc_id for h in self.fuser.fuse(results, limit=self.config.display_size)]
+        comparator = [(j, {a: b for a, b in action.budgets.items() if a in eligible})
+                      for j, action in enumerate(self.actions)]
+        # Actions with the memory arm depend on this policy's memory: valued per search, reranked in
+        # the same model call as the policy's own list.
+        with_memory = [(j, budgets) for j, budgets in comparator if MEMORY_ARM in budgets]
+        reranked_shown: list[str] | None = None
+        memory_lists: list[list[str]] = []
+        if self.reranker is not None:
+            selections = [results]
+            if self.reranked_display:
+                selections += [self._results(memory_hits, s, budgets) for _j, budgets in with_memory]
+            ranked = self.reranker.rank(s.text, s.query_id, selections, self.config.display_size)
+            reranked_shown, memory_lists = ranked[0], ranked[1:]
+        shown = reranked_shown if self.reranked_display and reranked_shown is not None else fused_shown
         shown_levels = np.array([s.levels.get(d, 0) for d in shown], dtype=np.int64)
         clicked_mask = self.click_model.simulate(shown_levels, s.uniforms)
         clicked = [shown[i] for i in np.flatnonzero(clicked_mask)]
         rewards, ranks = arm_rewards(results, clicked)
         union = {h.doc_id for r in results for h in r.hits}
         # Every comparator action, in the state the policy chose in (before this search's feedback).
-        for j, action in enumerate(self.actions):
-            budgets = {a: b for a, b in action.budgets.items() if a in eligible}
+        ranked_memory = dict(zip((j for j, _b in with_memory), memory_lists))
+        for j, budgets in comparator:
+            action = self.actions[j]
             if MEMORY_ARM in budgets:
-                run.action_values[t, j] = self._expected(self._results(memory_hits, s, budgets), s)
+                listed = ranked_memory.get(j)
+                run.action_values[t, j] = (self._expected_of(listed, s) if listed is not None
+                                           else self._expected(self._results(memory_hits, s, budgets), s))
                 continue
             key = (s.text, action.name)  # without the memory the list is the same in every state
             value = self._static_values.get(key)
@@ -509,8 +603,10 @@ class _Simulator:
         run.expected[t] = self.click_model.expected_clicks(shown_levels)
         run.hit[t] = bool(union & s.relevant)
         run.recall[t] = len(union & s.relevant) / len(s.relevant) if s.relevant else 0.0
-        gains = [max(float(s.grades.get(d, 0)), 0.0) for d in shown]
-        run.ndcg[t] = _dcg(gains) / s.ideal_dcg if s.ideal_dcg > 0 else 0.0
+        run.ndcg[t] = self._ndcg(shown, s)
+        run.ndcg_fused[t] = self._ndcg(fused_shown, s)
+        if reranked_shown is not None:
+            run.ndcg_reranked[t] = self._ndcg(reranked_shown, s)
         run.requested[t] = sum(chosen.values())
         run.time_ms[t] = sum(self.cache.took(s.text, a, b) for a, b in chosen.items())
         for a, b in chosen.items():
@@ -575,16 +671,19 @@ def arm_rewards(results: Sequence[StrategyResult], clicked: Sequence[str]) -> tu
 def run_simulation(stream: QueryStream, cache: CandidateCache, click_model: ClickModel,
                    policies: Mapping[str, Policy], config: SimulationConfig | None = None, *,
                    max_grade: float | None = None, on_search: Callable[[int], None] | None = None,
-                   log_policies: Sequence[str] = ()) -> SimulationResult:
+                   log_policies: Sequence[str] = (), reranker: SearchReranker | None = None) -> SimulationResult:
     """Run every policy over ``stream`` (see the module docstring). ``max_grade``: the collection's
     largest relevance grade (default: the largest in the stream's queries); ``on_search(t)`` is
     called after each search (for progress); the searches of ``log_policies`` are kept as a
-    search log (``SimulationResult.logs``) for off-policy evaluation."""
+    search log (``SimulationResult.logs``) for off-policy evaluation; ``reranker`` reranks every
+    list (shown when ``config.display`` is ``"reranked"``, else only measured)."""
     import time
 
     config = config or SimulationConfig()
     if not policies:
         raise SimulationError("no policy to simulate")
+    if config.display == "reranked" and reranker is None:
+        raise SimulationError("display='reranked' needs a reranker")
     missing = cache.covers(s.text for s in stream.searches)
     if missing:
         raise SimulationError(f"the candidate cache lacks {len(missing)} query texts of the stream (first: {missing[0]!r})")
@@ -593,7 +692,7 @@ def run_simulation(stream: QueryStream, cache: CandidateCache, click_model: Clic
     if max_grade is None:
         max_grade = max((g for s in stream.searches for g in s.query.grades.values()), default=1) or 1
     t0 = time.perf_counter()
-    sim = _Simulator(stream, cache, click_model, config, float(max_grade))
+    sim = _Simulator(stream, cache, click_model, config, float(max_grade), reranker)
     n = len(stream.searches)
     worlds = [_World(spec, p, PolicyRun.empty(spec, n, len(sim.actions), len(sim.arms)), config.q2e,
                      [] if spec in log_policies else None)
