@@ -34,6 +34,7 @@ from scipy.linalg.lapack import get_lapack_funcs
 from .allocation import ActionKey, action_key
 from .base import BudgetConfig, Decision, Policy, PolicyConfigError
 from .context import Context
+from .policies import check_propensity, check_statistics, context_features
 from .stats import PolicyStatistics
 
 SEED_BOUND = 2**63 - 1
@@ -118,8 +119,7 @@ class JointLinUCB(Policy):
         return delta
 
     def load_statistics(self, stats: PolicyStatistics, snapshot: str | None = None) -> None:
-        if stats.dim != self.dim or tuple(stats.levels) != tuple(self.budget.levels):
-            raise ValueError(f"statistics of shape (d={stats.dim}, levels={tuple(stats.levels)}) do not fit this policy")
+        check_statistics(stats, self.dim, self.budget.levels)
         merged = stats.copy()
         merged.merge(self._delta)
         self._stats = merged
@@ -191,12 +191,7 @@ class JointLinUCB(Policy):
         return self._theta[self._position[action]].copy()
 
     def _features(self, context: Context) -> np.ndarray:
-        x = np.asarray(context.features, dtype=np.float64)
-        if x.shape != (self.dim,):
-            raise ValueError(f"context has shape {x.shape}; this policy expects ({self.dim},)")
-        if not np.isfinite(x).all():
-            raise ValueError("context has non-finite values")
-        return x
+        return context_features(context, self.dim)
 
     def _scores(self, x: np.ndarray, actions: list[tuple[str, dict[str, int]]], eligible: tuple[str, ...],
                 bonus: bool = True) -> np.ndarray:
@@ -258,8 +253,7 @@ class JointLinUCB(Policy):
         """Learn the taken action's outcome (default: the largest arm reward, i.e. whether anything
         engaged was among the candidates)."""
         x = self._features(context)
-        if not 0 < decision.propensity <= 1 + 1e-9:
-            raise ValueError(f"decision propensity must be in (0, 1], got {decision.propensity!r}")
+        check_propensity(decision)
         ran = decision.arms
         if not ran:
             return

@@ -194,6 +194,45 @@ class StaticSubsetConfig:
 # --- the shared machinery -------------------------------------------------------------------------
 
 
+def context_features(context: Context, dim: int) -> np.ndarray:
+    """The context's feature vector as float64 (dim,); a clear ValueError for another shape or
+    non-finite values (a context of another schema version, a broken feature)."""
+    try:
+        x = np.asarray(context.features, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"context features are not numeric: {e}") from None
+    if x.shape != (dim,):
+        raise ValueError(f"context has shape {x.shape}; this policy expects ({dim},) "
+                         f"(context version {context.version!r})")
+    if not np.isfinite(x).all():
+        raise ValueError(f"context has non-finite values at {np.flatnonzero(~np.isfinite(x)).tolist()}")
+    return x
+
+
+def check_propensity(decision: Decision) -> None:
+    """Only decisions with a logged propensity in (0, 1] may update a model."""
+    propensity = decision.propensity
+    if isinstance(propensity, bool) or not isinstance(propensity, numbers.Real) or not 0 < propensity <= 1 + 1e-9:
+        raise ValueError(f"decision propensity must be in (0, 1], got {propensity!r}: "
+                         "a decision without a propensity cannot update the model")
+
+
+def check_statistics(stats: PolicyStatistics, dim: int, levels: Sequence[int]) -> None:
+    """Statistics a policy may act on: its dimension and levels, every entry's shapes, finite values."""
+    if not isinstance(stats, PolicyStatistics):
+        raise TypeError(f"load_statistics needs PolicyStatistics, got {type(stats).__name__}")
+    if stats.dim != dim or tuple(stats.levels) != tuple(levels):
+        raise ValueError(f"statistics of shape (d={stats.dim}, levels={tuple(stats.levels)}) do not fit this policy "
+                         f"(d={dim}, levels={tuple(levels)})")
+    for name, arm_stats in stats.arms.items():
+        shapes = (arm_stats.gram.shape, arm_stats.moment.shape, arm_stats.rank_counts.shape)
+        if shapes != ((dim, dim), (dim,), (len(levels) + 1,)):
+            raise ValueError(f"statistics of arm {name!r} have shapes {shapes}")
+        if not (np.isfinite(arm_stats.gram).all() and np.isfinite(arm_stats.moment).all()
+                and np.isfinite(arm_stats.rank_counts).all() and math.isfinite(arm_stats.reward_sum)):
+            raise ValueError(f"statistics of arm {name!r} have non-finite values")
+
+
 class LinearPolicy(Policy):
     """Per-arm ridge statistics, cached factorizations, validation, update and the shared-state hooks.
 
@@ -299,18 +338,7 @@ class LinearPolicy(Policy):
         """Act on ``stats`` (merged global statistics) plus the updates made since the last
         :meth:`take_delta`, which the global ones cannot contain yet. ``snapshot``: the id the
         shared state gives these statistics (default: a fresh one)."""
-        if not isinstance(stats, PolicyStatistics):
-            raise TypeError(f"load_statistics needs PolicyStatistics, got {type(stats).__name__}")
-        if stats.dim != self.dim or tuple(stats.levels) != tuple(self._levels):
-            raise ValueError(f"statistics of shape (d={stats.dim}, levels={tuple(stats.levels)}) do not fit this policy "
-                             f"(d={self.dim}, levels={self._levels})")
-        for name, arm_stats in stats.arms.items():
-            shapes = (arm_stats.gram.shape, arm_stats.moment.shape, arm_stats.rank_counts.shape)
-            if shapes != ((self.dim, self.dim), (self.dim,), (len(self._levels) + 1,)):
-                raise ValueError(f"statistics of arm {name!r} have shapes {shapes}")
-            if not (np.isfinite(arm_stats.gram).all() and np.isfinite(arm_stats.moment).all()
-                    and np.isfinite(arm_stats.rank_counts).all() and math.isfinite(arm_stats.reward_sum)):
-                raise ValueError(f"statistics of arm {name!r} have non-finite values")
+        check_statistics(stats, self.dim, self._levels)
         merged = stats.copy()
         merged.merge(self._delta)
         for arm in self._arm_names:
@@ -373,16 +401,7 @@ class LinearPolicy(Policy):
     # -- validation --
 
     def _features(self, context: Context) -> np.ndarray:
-        try:
-            x = np.asarray(context.features, dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"context features are not numeric: {e}") from None
-        if x.shape != (self.dim,):
-            raise ValueError(f"context has shape {x.shape}; this policy expects ({self.dim},) "
-                             f"(context version {context.version!r})")
-        if not np.isfinite(x).all():
-            raise ValueError(f"context has non-finite values at {np.flatnonzero(~np.isfinite(x)).tolist()}")
-        return x
+        return context_features(context, self.dim)
 
     def _eligible(self, context: Context) -> tuple[tuple[str, ...], np.ndarray, list[int]]:
         """The eligible arms (unknown ones are added at the prior) and their cache indices."""
@@ -443,10 +462,7 @@ class LinearPolicy(Policy):
         ``engaged_ranks`` (1-based within-arm ranks) feed the arm's budget curve. Arms the policy
         does not know yet are added first. ``outcome`` is not used: these models learn per arm."""
         x = self._features(context)
-        propensity = decision.propensity
-        if isinstance(propensity, bool) or not isinstance(propensity, numbers.Real) or not 0 < propensity <= 1 + 1e-9:
-            raise ValueError(f"decision propensity must be in (0, 1], got {propensity!r}: "
-                             "a decision without a propensity cannot update the model")
+        check_propensity(decision)
         ran = decision.arms
         checked = self._checked_rewards(ran, rewards)
         buckets = self._checked_buckets(ran, engaged_ranks or {})
