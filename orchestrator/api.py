@@ -109,6 +109,14 @@ class OrchestratorSettings(BaseSettings):
         return v
 
 
+def budget_config(settings: OrchestratorSettings, plans: Mapping[str, Any]) -> Any:
+    """The bandit's BudgetConfig: the settings' total, levels and arm count, each plan's cost."""
+    from .bandit.base import BudgetConfig
+
+    return BudgetConfig(total=settings.budget_total, levels=settings.budget_levels, max_arms=settings.max_arms,
+                        costs={name: plan.cost for name, plan in plans.items()})
+
+
 # ------------------------------------------------------------------------------------------------
 # Requests and responses
 # ------------------------------------------------------------------------------------------------
@@ -227,7 +235,6 @@ class Orchestrator:
     def from_config(cls, settings: OrchestratorSettings | None = None, *, client: Any = None, **overrides: Any) -> Orchestrator:
         """Build from ``settings`` (default: the environment) with ``overrides`` applied, e.g.
         ``Orchestrator.from_config(index="cranfield", policy="linucb")``."""
-        from .bandit.base import BudgetConfig
         from .bandit.context import CONTEXT_DIM
         from .bandit.policies import make_policy
         from .bandit.state import SharedStatistics, policy_key
@@ -254,8 +261,7 @@ class Orchestrator:
                 log.warning("no query encoder (%s): the knn arm will not apply", e)
         pipeline = SearchPipeline(client, settings.index, plans, encoder=encoder, timeout_ms=settings.timeout_ms,
                                   rerank_window=settings.rerank_window)
-        budget = BudgetConfig(total=settings.budget_total, levels=settings.budget_levels, max_arms=settings.max_arms,
-                              costs={name: plan.cost for name, plan in plans.items()})
+        budget = budget_config(settings, plans)
         import secrets
 
         policy = make_policy(settings.policy, list(plans), budget, CONTEXT_DIM,
@@ -279,9 +285,7 @@ class Orchestrator:
         pipeline.policy, pipeline.search_log, pipeline.memory = _locked(policy, orch.lock), search_log, memory
         orch.refresh_model()
         try:  # what other processes learned; an unreachable cluster starts at the prior
-            stored = shared.read(key)
-            if stored is not None:
-                policy.load_statistics(stored.statistics, snapshot=stored.snapshot_id)
+            shared.load(key, policy)
         except Exception as e:
             log.warning("shared statistics not loaded (%s); starting from the prior", e)
         return orch

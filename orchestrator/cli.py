@@ -621,11 +621,6 @@ def search(query: str, index: str, strategies: str | None, budget: int, size: in
         _fail(f"every strategy failed ({len(ran)} ran)")
 
 
-BANDIT_BUDGET_TOTAL = 100
-BANDIT_LEVELS = (20, 50, 100)
-BANDIT_MAX_ARMS = 2
-
-
 @dataclass
 class _Learning:
     """What a command needs to search with a learning policy and to learn: the policy acting on
@@ -642,10 +637,11 @@ class _Learning:
 
 
 def _bandit_budget(pipe):
-    from .bandit.base import BudgetConfig
+    """The budget the service uses by default (OrchestratorSettings): the CLI and the service share
+    one policy's statistics, which only merge with the same levels."""
+    from .api import OrchestratorSettings, budget_config
 
-    return BudgetConfig(total=BANDIT_BUDGET_TOTAL, levels=BANDIT_LEVELS, max_arms=BANDIT_MAX_ARMS,
-                        costs={name: plan.cost for name, plan in pipe.plans.items()})
+    return budget_config(OrchestratorSettings.model_construct(), pipe.plans)
 
 
 def _learning(pipe, policy_spec: str, *, seed: int | None = None) -> _Learning:
@@ -670,9 +666,7 @@ def _learning(pipe, policy_spec: str, *, seed: int | None = None) -> _Learning:
     client = _client()
     shared = SharedStatistics(client)
     key = policy_key(pipe.index, policy.name)
-    stored = shared.read(key)
-    if stored is not None:
-        policy.load_statistics(stored.statistics, snapshot=stored.snapshot_id)
+    shared.load(key, policy)
     search_log = SearchLog(client)
     memory = Q2EMemory(client, pipe.index)
     pipe.policy, pipe.search_log, pipe.memory = policy, search_log, memory

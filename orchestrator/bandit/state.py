@@ -276,11 +276,19 @@ class SharedStatistics:
                 stored = self._push(key, pending, push_id)
                 queue.pop(0)
             if stored is None:  # nothing learned here since the last sync: what the others learned
-                stored = self.read(key)
-            if stored is not None:
-                with lock if lock is not None else nullcontext():
-                    policy.load_statistics(stored.statistics, snapshot=stored.snapshot_id)
+                return self.load(key, policy, lock=lock)
+            with lock if lock is not None else nullcontext():
+                policy.load_statistics(stored.statistics, snapshot=stored.snapshot_id)
             return stored
+
+    def load(self, key: str, policy: SyncablePolicy, *, lock: Any = None) -> StoredStatistics | None:
+        """Make ``policy`` act on what is stored for ``key`` (nothing stored: it stays as it is);
+        returns what was loaded. How a starting process picks up what the others learned."""
+        stored = self.read(key)
+        if stored is not None:
+            with lock if lock is not None else nullcontext():
+                policy.load_statistics(stored.statistics, snapshot=stored.snapshot_id)
+        return stored
 
     def unsent(self, key: str) -> int:
         """Deltas of ``key`` waiting for a successful push."""
