@@ -124,6 +124,16 @@ def _epoch(name: str, value: float | datetime | None) -> float:
     return _finite(name, value, 0.0, 1e11, lo_open=True)
 
 
+PRIOR_MEAN = 0.1  # p0: the engagement rate of an item nothing is known about
+PRIOR_STRENGTH = 5.0  # m: how many examinations the prior weighs
+
+
+def smoothed_score(c: float, n: float, prior_mean: float, prior_strength: float) -> float:
+    """The Q2E score s = (c + m·p0) / (n + m): engagement c over examinations n, Beta-smoothed
+    towards p0 with strength m (the real memory and the simulator's share it)."""
+    return (c + prior_strength * prior_mean) / (n + prior_strength)
+
+
 @dataclass(frozen=True, slots=True)
 class Q2EConfig:
     """How scores are computed and kept (see the module docstring for the formula).
@@ -137,8 +147,8 @@ class Q2EConfig:
     node refused for load (429/5xx) or that exhausted those re-runs.
     """
 
-    prior_mean: float = 0.1
-    prior_strength: float = 5.0
+    prior_mean: float = PRIOR_MEAN
+    prior_strength: float = PRIOR_STRENGTH
     half_life_s: float = 14 * 86_400.0
     scale: float = 10.0
     min_exposure: float = 0.0
@@ -163,7 +173,7 @@ class Q2EConfig:
 
     def score(self, c: float, n: float) -> float:
         """s = (c + m·p0) / (n + m) for sums already decayed to the time of interest."""
-        return (c + self.prior_strength * self.prior_mean) / (n + self.prior_strength)
+        return smoothed_score(c, n, self.prior_mean, self.prior_strength)
 
     def value(self, s: float) -> float:
         """What rank_features stores for a score s (or a prediction p̂)."""

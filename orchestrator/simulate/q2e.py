@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..datatypes import Hit
+from ..feedback.q2e import PRIOR_MEAN, PRIOR_STRENGTH, smoothed_score
 
 
 class Q2EConfigError(ValueError):
@@ -44,8 +45,8 @@ class Q2EConfigError(ValueError):
 class Q2EConfig:
     """Parameters of :class:`Q2EMemory` (see the module docstring for the formula)."""
 
-    prior_mean: float = 0.1  # p0: the click rate of an item nothing is known about
-    prior_strength: float = 5.0  # m: how many examinations the prior weighs
+    prior_mean: float = PRIOR_MEAN  # p0: the click rate of an item nothing is known about
+    prior_strength: float = PRIOR_STRENGTH  # m: how many examinations the prior weighs
     half_life: float | None = None  # h, in searches; None: no decay
     predicted_top: int = 10  # items a new key is seeded with
     predicted_prior: float = 0.3  # p̂ of the top predicted item (p̂_r = predicted_prior / r)
@@ -72,9 +73,8 @@ class Q2EConfig:
         check("min_impressions", num(self.min_impressions) and self.min_impressions >= 0, "a number >= 0")
 
     def learned_score(self, clicks: float, impressions: float) -> float:
-        """s = (c + m·p0) / (n + m)."""
-        m = self.prior_strength
-        return (clicks + m * self.prior_mean) / (impressions + m)
+        """s = (c + m·p0) / (n + m), the real memory's formula."""
+        return smoothed_score(clicks, impressions, self.prior_mean, self.prior_strength)
 
 
 @dataclass
